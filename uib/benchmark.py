@@ -1,0 +1,112 @@
+"""The benchmark protocol of EVALUATION.md: one original per seed, every method from it.
+
+Writes `results.csv` (one row per method and seed, plus `original`) and `results.md`
+(mean ± std per method). Retrain runs first in every seed: it is the reference of
+`time_ratio` and `avg_gap`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import uib
+from uib import methods
+from uib.metrics import METRIC_COLUMNS, avg_gap, evaluate
+from uib.models import build_model, default_arch
+from uib.samples import split_validation
+from uib.train import TrainConfig, train_model
+
+COLUMNS = ["method", "seed", *METRIC_COLUMNS, "time_s", "time_ratio", "avg_gap"]
+
+
+class BenchmarkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    scenario: str = "patch-bias"
+    fraction: float = 0.1
+    target_class: int = 0
+    corruption: str = "fog"
+    methods: list[str] = Field(default_factory=lambda: ["retrain", "finetune", "influence", "uib"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    arch: str | None = None
+    epochs: int | None = Field(None, description="override the recipe's epochs (never for reports)")
+    method_configs: dict[str, dict] = Field(default_factory=dict)
+    device: str = "auto"
+    progress: bool = True
+
+
+def check_methods(names: list[str]) -> list[str]:
+    for name in names:
+        methods.get(name)
+    return ["retrain", *[n for n in names if n != "retrain"]]
+
+
+def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
+    from uib.scenarios import ScenarioConfig, build_scenario
+
+    scenario = build_scenario(dataset, ScenarioConfig(
+        name=config.scenario, seed=seed, fraction=config.fraction,
+        target_class=config.target_class, corruption=config.corruption,
+    ))
+    retain, forget = scenario.split()
+    validation, test = split_validation(scenario.dataset.test)
+    recipe = TrainConfig.for_dataset(dataset.name, seed=seed,
+                                     **({"epochs": config.epochs} if config.epochs else {}))
+    torch.manual_seed(seed)
+    arch = config.arch or default_arch(dataset.image_shape)
+    original = build_model(arch, dataset.image_shape, dataset.num_classes)
+    train_model(original, scenario.dataset.train, recipe, config.device, progress=config.progress)
+
+    def measure(model) -> dict:
+        return evaluate(model, retain, forget, test, scenario.config, seed=seed).model_dump()
+
+    rows = [{"method": "original", "seed": seed, **measure(original)}]
+    for name in check_methods(config.methods):
+        model, report = uib.unlearn(original, forget, retain, name, config.method_configs.get(name),
+                                    train_config=recipe, validation=validation, device=config.device,
+                                    seed=seed, progress=config.progress)
+        rows.append({"method": name, "seed": seed, **measure(model), "time_s": report.time_s})
+    reference = next(r for r in rows if r["method"] == "retrain")
+    for row in rows:
+        row["avg_gap"] = avg_gap(row, reference)
+        if "time_s" in row:
+            row["time_ratio"] = row["time_s"] / reference["time_s"]
+    return rows
+
+
+def summarise(results: pd.DataFrame) -> str:
+    """Mean ± std per method over seeds, as a Markdown table (metrics as fractions, gap in pp)."""
+    numeric = [c for c in COLUMNS if c not in ("method", "seed") and results[c].notna().any()]
+    lines = ["| method | " + " | ".join(numeric) + " |", "|---" * (len(numeric) + 1) + "|"]
+    for method, group in results.groupby("method", sort=False):
+        cells = []
+        for col in numeric:
+            values = group[col].dropna()
+            cells.append("" if values.empty else f"{values.mean():.3f} ± {values.std(ddof=0):.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
+    from uib.data import load_dataset
+
+    check_methods(config.methods)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    rows = [row for seed in config.seeds for row in run_seed(config, seed, dataset)]
+    results = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "results.csv", index=False)
+    header = (f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
+              f"Recipe: {TrainConfig.for_dataset(config.dataset).model_dump()}"
+              f"{f' (epochs overridden to {config.epochs})' if config.epochs else ''}; "
+              f"device {config.device}.\n\n")
+    (out / "results.md").write_text(header + summarise(results))
+    return results
+

@@ -1,0 +1,30 @@
+"""The UIB loss: retain cross-entropy under q(θ) + (β / n_r) Σ_l KL(q^(l) ‖ p^(l)) + Σ_l R^(l)."""
+
+from __future__ import annotations
+
+import torch
+
+from uib.prior import LayerPrior
+
+
+def gaussian_kl(
+    mean_q: torch.Tensor, sigma_q: float | torch.Tensor, mean_p: torch.Tensor, precision_p: torch.Tensor
+) -> torch.Tensor:
+    """Σ KL( N(mean_q, σ_q²) ‖ N(mean_p, 1/precision_p) ), elementwise diagonal Gaussians."""
+    var_q = torch.as_tensor(sigma_q, dtype=mean_q.dtype, device=mean_q.device) ** 2
+    var_q = var_q.expand_as(mean_q)
+    return 0.5 * (
+        precision_p * var_q + precision_p * (mean_q - mean_p) ** 2 - 1.0 - torch.log(precision_p * var_q)
+    ).sum()
+
+
+def prior_kl(params: dict[str, torch.Tensor], prior: dict[str, LayerPrior], sigma: float) -> torch.Tensor:
+    """Σ over blocks of KL(q ‖ p), q = N(m, σ²) with m the current parameters."""
+    return sum(gaussian_kl(params[k], sigma, p.mean, p.precision) for k, p in prior.items())
+
+
+def sample_parameters(params: dict[str, torch.Tensor], sigma: float) -> dict[str, torch.Tensor]:
+    """θ = m + σ ⊙ ε: one reparameterised draw from q, differentiable in m."""
+    if sigma == 0:
+        return dict(params)
+    return {k: v + sigma * torch.randn_like(v) for k, v in params.items()}
