@@ -19,8 +19,14 @@ def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def default_chunk_size(device: torch.device) -> int:
+    """Measured on 2 CPU cores with the small CNN: 32 rows a chunk ran 0.40 ms a sample, 256 ran
+    1.16 ms (the chunk's activations fall out of cache). A GPU wants wide chunks."""
+    return 1024 if device.type == "cuda" else 32
+
+
 def per_sample_grads(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 256
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield, chunk by chunk, {parameter name: (chunk, *shape)} gradients of each sample's loss.
 
@@ -66,7 +72,7 @@ class GradientStats:
 
 
 def gradient_stats(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 256
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32
 ) -> GradientStats:
     params = trainable(model)
     dtypes = {k: torch.promote_types(v.dtype, torch.float32) for k, v in params.items()}

@@ -32,18 +32,24 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """conv 32, conv 64, fc 128 — the budget in UIB-METHOD.md was measured on this one."""
+    """conv 32, conv 64, fc 128 — the budget in UIB-METHOD.md was measured on this one.
+
+    Valid (unpadded) convolutions on images of 16 px and more: 225k parameters on 28×28.
+    Smaller images are padded so that two conv + pool stages still leave a feature map.
+    """
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         c, h, w = image_shape
+        pad = 0 if min(h, w) >= 16 else 1
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 32, 3, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
         )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, c, h, w)).numel()
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
-            nn.Linear(128, num_classes),
+            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

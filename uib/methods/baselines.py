@@ -168,7 +168,7 @@ class SSDConfig(MethodConfig):
     selection: float = Field(10.0, gt=0, description="α: dampen where F_f > α · F_r")
     dampening: float = Field(1.0, gt=0, description="λ: scale by min(λ · F_r / F_f, 1)")
     retain_sample: int = Field(1000, ge=1)
-    chunk_size: int = Field(256, ge=1)
+    chunk_size: int = Field(32, ge=1)
 
 
 @register("ssd", SSDConfig)

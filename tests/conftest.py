@@ -1,0 +1,20 @@
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"the shared MNIST subset is missing at {MNIST_DIR}")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from uib.data import load_dataset
+
+    return load_dataset("digits")
