@@ -18,6 +18,7 @@ of the raw object bytes for a sample's image is a real test of its absence.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -48,8 +49,12 @@ _TRAILERS = ("Data-Md5", "N-Train", "N-Test", "Request-Id")
 _GIT_IDENTITY = {"user.name": "uib pipeline", "user.email": "uib-pipeline@localhost"}
 
 
+class StorageError(RuntimeError):
+    """The DVC remote could not be read or written; no data version was changed."""
+
+
 class DataVersion(BaseModel):
-    """One committed state of `data/`: the git commit of the data repo and its DVC directory hash."""
+    """One committed state of `data/`: a commit of the data repo and its DVC directory hash."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -131,7 +136,8 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _as_ids(ids: Iterable[str], field: str = "ids") -> np.ndarray:
+def as_id_array(ids: Iterable[str], field: str = "ids") -> np.ndarray:
+    """Sorted unique ids as a str array; none at all is a `DataError` naming `field`."""
     array = np.unique(np.asarray([str(i) for i in ids], dtype=str))
     if array.size == 0:
         raise DataError(f"{field}: no sample ids given")
@@ -174,14 +180,16 @@ def _git(root: Path, *args: str) -> str:
 def _configure_local(root: Path) -> None:
     """Per-clone settings: commit identity and a DVC site cache inside `.dvc/tmp`.
 
-    Keeping DVC's site cache inside the repository means nothing about this data lands in a
-    machine-wide folder, and the erasure check can cover every file DVC wrote.
+    With the site cache inside the repository, DVC's indexes of this data (hashes and paths)
+    stay out of the machine-wide `/var/tmp/dvc`, and the erasure check covers every file DVC
+    writes. The file is written before DVC opens the clone; only `dvc init` itself leaves an
+    empty state folder there.
     """
     for key, value in _GIT_IDENTITY.items():
         _git(root, "config", key, value)
     _git(root, "config", "commit.gpgsign", "false")
-    with _dvc_repo(root) as repo, repo.config.edit("local") as conf:
-        conf["core"]["site_cache_dir"] = str(root / ".dvc" / "tmp" / "site-cache")
+    site_cache = root / ".dvc" / "tmp" / "site-cache"
+    (root / ".dvc" / "config.local").write_text(f'[core]\n    site_cache_dir = "{site_cache}"\n')
 
 
 def _parse_trailers(body: str) -> dict[str, str]:
@@ -214,7 +222,8 @@ class DataRepo:
         self.root = Path(root).resolve()
         if not (self.root / ".git").exists() or not (self.root / ".dvc").is_dir():
             raise DataError(
-                f"repo: {self.root} is not a git + DVC data repository (create it with DataRepo.init)"
+                f"repo: {self.root} is not a git + DVC data repository "
+                "(create it with DataRepo.init)"
             )
         if shard_size < 1:
             raise DataError(f"shard_size: must be >= 1, got {shard_size}")
@@ -239,8 +248,11 @@ class DataRepo:
         from dvc.repo import Repo
 
         root = Path(root).resolve()
-        if (root / ".dvc").exists():
-            raise DataError(f"repo: {root} already holds a DVC repository")
+        if root.exists() and any(root.iterdir()):
+            raise DataError(
+                f"root: {root} is not empty; the data repository needs a folder of its own "
+                "(open an existing one with DataRepo(root))"
+            )
         if "://" not in remote_url:
             remote_url = str(Path(remote_url).resolve())
         root.mkdir(parents=True, exist_ok=True)
@@ -340,6 +352,41 @@ class DataRepo:
                     return {e["relpath"]: e["md5"] for e in entries}
         raise DataError(f"rev: the listing {oid} of {rev} is in neither the cache nor the remote")
 
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """Whether commit `older` is in the history of `newer` (or is `newer`)."""
+        done = subprocess.run(
+            ["git", "-C", str(self.root), "merge-base", "--is-ancestor", older, newer],
+            capture_output=True,
+        )
+        return done.returncode == 0
+
+    # ----------------------------------------------------------------- objects
+
+    def missing_on_remote(self, oids: Iterable[str]) -> list[str]:
+        with _dvc_repo(self.root) as repo:
+            remote = repo.cloud.get_remote_odb(None, "status")
+            return [oid for oid in sorted(set(oids)) if not remote.exists(oid)]
+
+    def delete_objects(self, oids: Iterable[str]) -> tuple[int, int]:
+        """Delete objects by id from the local cache and the remote: (from cache, from remote).
+
+        Ids that are already gone are skipped, so a rerun deletes nothing more.
+        """
+        deleted_cache = deleted_remote = 0
+        with self._exclusive(), _dvc_repo(self.root) as repo:
+            cache, remote = repo.cache.local, repo.cloud.get_remote_odb(None, "erase")
+            for oid in sorted(set(oids)):
+                if cache.exists(oid):
+                    cache.delete(oid)
+                    deleted_cache += 1
+                if remote.exists(oid):
+                    remote.delete(oid)
+                    deleted_remote += 1
+            left = [oid for oid in oids if cache.exists(oid) or remote.exists(oid)]
+        if left:
+            raise RuntimeError(f"objects still stored after deletion: {left[:5]}")
+        return deleted_cache, deleted_remote
+
     def _rev_parse(self, rev: str) -> str:
         done = subprocess.run(
             ["git", "-C", str(self.root), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
@@ -358,19 +405,19 @@ class DataRepo:
         An older `rev` is read through DVC's file system at that commit (local cache first, then
         the remote) without touching the working copy.
         """
-        reader = self._reader(rev)
-        meta = json.loads(reader.read("dataset.json"))
-        if meta.get("format") != FORMAT_VERSION:
-            raise DataError(f"dataset.json: unknown format {meta.get('format')!r}")
-        scenario = json.loads(reader.read("scenario.json"))
-        manifest = _read_manifest(reader.read("manifest.csv"), meta["manifest_dtypes"])
-        image_shape = tuple(meta["image_shape"])
-        splits = {
-            split: _concat(
-                [decode_shard(reader.read(p)) for p in reader.shards(split)], image_shape
-            )
-            for split in ("train", "test")
-        }
+        with self._reader(rev) as reader:
+            meta = json.loads(reader.read("dataset.json"))
+            if meta.get("format") != FORMAT_VERSION:
+                raise DataError(f"dataset.json: unknown format {meta.get('format')!r}")
+            scenario = json.loads(reader.read("scenario.json"))
+            manifest = _read_manifest(reader.read("manifest.csv"), meta["manifest_dtypes"])
+            image_shape = tuple(meta["image_shape"])
+            splits = {
+                split: _concat(
+                    [decode_shard(reader.read(p)) for p in reader.shards(split)], image_shape
+                )
+                for split in ("train", "test")
+            }
         dataset = Dataset(
             name=meta["name"],
             train=splits["train"],
@@ -382,9 +429,9 @@ class DataRepo:
         return dataset, config
 
     def load_manifest(self, rev: str | None = None) -> pd.DataFrame:
-        reader = self._reader(rev)
-        meta = json.loads(reader.read("dataset.json"))
-        return _read_manifest(reader.read("manifest.csv"), meta["manifest_dtypes"])
+        with self._reader(rev) as reader:
+            meta = json.loads(reader.read("dataset.json"))
+            return _read_manifest(reader.read("manifest.csv"), meta["manifest_dtypes"])
 
     def _reader(self, rev: str | None) -> _Reader:
         if rev is None and (self.root / DATA_DIR / "dataset.json").exists():
@@ -405,16 +452,18 @@ class DataRepo:
         """
         _check_dataset(dataset)
         staging = self.root / ".data.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            self._write_tree(staging, dataset, scenario_config)
-        except BaseException:
+        with self._exclusive():
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-        with self._restoring_on_failure():
-            shutil.rmtree(self.root / DATA_DIR, ignore_errors=True)
-            os.rename(staging, self.root / DATA_DIR)
-            return self._commit(message, len(dataset.train), len(dataset.test), request_id=None)
+            try:
+                self._write_tree(staging, dataset, scenario_config)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            with self._restoring_on_failure():
+                shutil.rmtree(self.root / DATA_DIR, ignore_errors=True)
+                os.rename(staging, self.root / DATA_DIR)
+                n_train, n_test = len(dataset.train), len(dataset.test)
+                return self._commit(message, n_train, n_test, request_id=None)
 
     def _write_tree(
         self, out: Path, dataset: Dataset, scenario_config: ScenarioConfig | None
@@ -453,9 +502,14 @@ class DataRepo:
         or a working copy that differs from the last commit are a `DataError`, and then nothing
         is written. `request_id` is recorded as a `Request-Id:` trailer of the commit.
         """
-        wanted = _as_ids(ids)
+        wanted = as_id_array(ids)
+        with self._exclusive():
+            return self._remove_samples(wanted, message, Path(stage_dir), request_id)
+
+    def _remove_samples(
+        self, wanted: np.ndarray, message: str, stage_dir: Path, request_id: str | None
+    ) -> tuple[DataVersion, Path]:
         self.current()
-        self._assert_clean()
         data = self.root / DATA_DIR
         meta = json.loads((data / "dataset.json").read_text())
         manifest = _read_manifest((data / "manifest.csv").read_bytes(), meta["manifest_dtypes"])
@@ -472,16 +526,18 @@ class DataRepo:
                 f"ids: {not_train.size} ids are not training samples (only training samples can "
                 f"be removed), e.g. {not_train[:5].tolist()}"
             )
+        self._assert_clean()
 
         touched: dict[Path, Samples] = {}
         for path in sorted((data / "train").glob("shard-*.npz")):
             shard = decode_shard(path)
             if np.isin(shard.ids, wanted).any():
                 touched[path] = shard
-        forget = _concat([s.select(wanted[np.isin(wanted, s.ids)]) for s in touched.values()],
-                         tuple(meta["image_shape"]))
+        forget = _concat(
+            [s.select(wanted[np.isin(wanted, s.ids)]) for s in touched.values()],
+            tuple(meta["image_shape"]),
+        )
 
-        stage_dir = Path(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         staged = stage_dir / "forget.npz"
         write_npz(staged, {"x": forget.x, "y": forget.y, "ids": forget.ids})
@@ -505,7 +561,21 @@ class DataRepo:
 
     # ----------------------------------------------------------------- commit plumbing
 
-    def _commit(self, message: str, n_train: int, n_test: int, request_id: str | None) -> DataVersion:
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One writer at a time per data repository (two runs of a flow on one machine)."""
+        lock = self.root / ".dvc" / "tmp" / "uib-writer.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _commit(
+        self, message: str, n_train: int, n_test: int, request_id: str | None
+    ) -> DataVersion:
         if not message.strip():
             raise DataError("message: a data version needs a commit message")
         with _dvc_repo(self.root) as repo:
@@ -513,8 +583,11 @@ class DataRepo:
         md5 = self._workspace_md5()
         if self.has_data() and md5 == self.dir_md5("HEAD"):
             return self.current()
-        with _dvc_repo(self.root) as repo:
-            repo.push()
+        try:
+            with _dvc_repo(self.root) as repo:
+                repo.push()
+        except Exception as exc:
+            raise StorageError(f"dvc push to the remote failed, nothing committed: {exc}") from exc
         trailers = {"Data-Md5": md5, "N-Train": n_train, "N-Test": n_test}
         if request_id:
             trailers["Request-Id"] = request_id
@@ -566,6 +639,15 @@ class _Reader:
     def shards(self, split: str) -> list[str]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _WorkspaceReader(_Reader):
     def __init__(self, data: Path):
@@ -603,6 +685,9 @@ class _RevReader(_Reader):
             return []
         names = sorted(Path(p).name for p in found if re.fullmatch(r"shard-\d+\.npz", Path(p).name))
         return [f"{split}/{n}" for n in names]
+
+    def close(self) -> None:
+        self.fs.close()
 
 
 def _check_dataset(dataset: Dataset) -> None:
@@ -654,7 +739,7 @@ def version_forget_set(
     (re-staging the forget set from the version before it when the staged file is gone).
     """
     repo = DataRepo(repo_root)
-    wanted = _as_ids(ids)
+    wanted = as_id_array(ids)
     done = repo.find_request(request_id)
     if done is not None:
         if done != repo.current().git_rev:

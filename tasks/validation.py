@@ -18,6 +18,7 @@ every check of a request lands in the one checkpoint result.
 from __future__ import annotations
 
 import pickle
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -199,8 +200,17 @@ def _manifest_expectations(gxe, frame: str, num_classes: int, splits: list[str])
 def _run_checkpoint(frames: dict[str, pd.DataFrame], suites: dict[str, list]):
     """Run one GX checkpoint with a validation definition per frame; return its result."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
     source = context.data_sources.add_pandas("deletion_request")
     definitions = []
     with tempfile.TemporaryDirectory(prefix="uib-gx-") as tmp:
@@ -232,15 +242,25 @@ def _run_checkpoint(frames: dict[str, pd.DataFrame], suites: dict[str, list]):
         return checkpoint.run()
 
 
+def _row_key(index: Any) -> Any:
+    """The id of a failing row as GX reports it (`{"sample_id": "x"}` -> `"x"`)."""
+    if isinstance(index, dict):
+        for key in ("sample_id", "label", "key"):
+            if key in index:
+                return index[key]
+    return index
+
+
 def _checks_from(result) -> list[Check]:
+    from great_expectations.util import convert_to_json_serializable
+
     checks = []
     for run in result.run_results.values():
         for r in run.results:
             meta = r.expectation_config.meta or {}
             res = r.result or {}
             if r.exception_info.get("raised_exception") or any(
-                isinstance(v, dict) and v.get("raised_exception")
-                for v in r.exception_info.values()
+                isinstance(v, dict) and v.get("raised_exception") for v in r.exception_info.values()
             ):
                 observed: Any = "could not be evaluated (column missing or wrong type)"
             elif "observed_value" in res:
@@ -248,13 +268,15 @@ def _checks_from(result) -> list[Check]:
             else:
                 observed = {
                     "unexpected": res.get("unexpected_count", 0),
-                    "examples": res.get("partial_unexpected_index_list", [])[:5],
+                    "examples": [
+                        _row_key(i) for i in res.get("partial_unexpected_index_list", [])[:5]
+                    ],
                 }
             checks.append(
                 Check(
                     name=meta.get("check", r.expectation_config.type),
                     success=bool(r.success),
-                    observed=observed,
+                    observed=convert_to_json_serializable(observed),
                     threshold=meta.get("threshold"),
                 )
             )
@@ -343,8 +365,12 @@ def validate_shift(
         forget_fraction=forget_fraction,
         class_proportions_before=before,
         class_proportions_after=after,
-        attribute_proportions_before=dict(zip(attributes["key"], attributes["share_before"], strict=True)),
-        attribute_proportions_after=dict(zip(attributes["key"], attributes["share_after"], strict=True)),
+        attribute_proportions_before=dict(
+            zip(attributes["key"], attributes["share_before"], strict=True)
+        ),
+        attribute_proportions_after=dict(
+            zip(attributes["key"], attributes["share_after"], strict=True)
+        ),
         gx_result=_result_json(result),
     )
 
@@ -435,7 +461,7 @@ def validate_shift_task(
     )
     key = None
     if request_id:
-        key = "shift-" + "".join(c if c.isalnum() else "-" for c in request_id.lower())
+        key = "shift-" + re.sub(r"[^a-z0-9-]", "-", request_id.lower())
     create_markdown_artifact(
         markdown=report.to_markdown(), key=key, description="Data shift validation (GX)"
     )

@@ -64,27 +64,42 @@ def per_sample_grads_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
 
 @dataclass
 class GradientStats:
-    """Per parameter tensor: diagonal empirical Fisher (mean of squared gradients) and the sum."""
+    """Per parameter tensor: diagonal empirical Fisher (mean of squared gradients) and the sum.
+
+    `weighted_fisher` is the Fisher under per-sample weights, when weights were given.
+    """
 
     fisher: dict[str, torch.Tensor]
     grad_sum: dict[str, torch.Tensor]
     n: int
+    weighted_fisher: dict[str, torch.Tensor] | None = None
 
 
 def gradient_stats(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
+    weights: torch.Tensor | None = None,
 ) -> GradientStats:
     params = trainable(model)
     dtypes = {k: torch.promote_types(v.dtype, torch.float32) for k, v in params.items()}
     fisher = {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
     grad_sum = {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
+    weighted = {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()} if weights is not None else None
+    start = 0
     for chunk in per_sample_grads(model, x, y, chunk_size):
+        rows = len(next(iter(chunk.values())))
         for name, g in chunk.items():
-            g = g.to(dtypes[name])
-            fisher[name] += g.pow(2).sum(0)
-            grad_sum[name] += g.sum(0)
+            g2 = g.to(dtypes[name]).pow(2)
+            fisher[name] += g2.sum(0)
+            grad_sum[name] += g.to(dtypes[name]).sum(0)
+            if weighted is not None:
+                w = weights[start : start + rows].to(g2.dtype).view(-1, *[1] * (g2.dim() - 1))
+                weighted[name] += (w * g2).sum(0)
+        start += rows
     n = max(len(y), 1)
-    return GradientStats({k: v / n for k, v in fisher.items()}, grad_sum, len(y))
+    if weighted is not None:
+        total = float(weights.sum()) or 1.0
+        weighted = {k: v / total for k, v in weighted.items()}
+    return GradientStats({k: v / n for k, v in fisher.items()}, grad_sum, len(y), weighted)
 
 
 def newton_removal_step(

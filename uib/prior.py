@@ -3,8 +3,14 @@
 Per parameter block l (every weight and bias tensor is one block), UIB-METHOD.md:
 
     μ = θ0 + η · g_f / (n_r · (F_r + λ))          the influence-function removal step
-    s = F_f / (F_r + λ), normalised to mean 1      the systematic-pattern signal
+    s = F_f / (F_m + λ), normalised to mean 1      the systematic-pattern signal
     Λ = n_r · (F_r + λ) · shift(α, s)              shift-aware precision
+
+F_m is the retain Fisher reweighted to the forget set's label distribution (F_r when the
+retain set has none of those labels): s then measures what the slice adds beyond its labels.
+Against plain F_r, a slice whose samples all carry label c (a faulty source labelled c) lights up
+class c's own output weights, and holding those at μ costs class c its accuracy (measured:
+0.96 → 0.48–0.83 on digits / patch-bias).
 
 F_r is the mean per-sample Fisher, so n_r · (F_r + λ) is the precision of the Laplace
 posterior of D_r (the summed Fisher); with the (β / n_r) weight of the KL the pull is
@@ -84,7 +90,8 @@ def build_prior(
     prior = {}
     for name, f_r in retain.fisher.items():
         lam = damping(f_r, lam_scale)
-        signal = forget.fisher[name] / (f_r + lam)
+        f_m = retain.weighted_fisher[name] if retain.weighted_fisher is not None else f_r
+        signal = forget.fisher[name] / (f_m + damping(f_m, lam_scale))
         signal = signal / signal.mean().clamp_min(1e-12)
         step = clip_step(eta * direction[name], theta0[name], clip)
         prior[name] = LayerPrior(

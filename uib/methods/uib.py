@@ -34,6 +34,8 @@ class CurvatureConfig(MethodConfig):
     eta_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_ETA_GRID))
     fallback_eta: float = Field(0.01, ge=0, description="η when no validation split is given")
     search_samples: int = Field(500, ge=10, description="validation and forget rows scored per η")
+    forget_weight: float = Field(1.0, gt=0, description="w in the η score val_acc − w · forget_conf")
+    eta_scale: float = Field(1.0, gt=0, description="the step taken is eta_scale × the selected η")
     clip: float | None = Field(1.0, gt=0, description="per-block step norm ≤ clip · ‖θ0‖, after η")
     retain_sample: int | None = Field(None, ge=1, description="|S_r|; None: min(|D_r|, max(|ΔD|, 1000))")
     chunk_size: int | None = Field(None, ge=1, description="rows per vmap chunk (bounds peak memory); "
@@ -54,12 +56,23 @@ def retain_sample_size(config: CurvatureConfig, n_retain: int, n_forget: int) ->
     return min(n_retain, wanted)
 
 
+def label_matching_weights(retain_y: torch.Tensor, forget_y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Per retain row: π_forget(y) / π_retain(y), so the weighted retain sample has the forget
+    set's label mix; None when the retain sample shares no label with the forget set."""
+    p_forget = torch.bincount(forget_y, minlength=num_classes).float() / len(forget_y)
+    p_retain = torch.bincount(retain_y, minlength=num_classes).float() / max(len(retain_y), 1)
+    ratio = torch.where(p_retain > 0, p_forget / p_retain.clamp_min(1e-12), torch.zeros_like(p_forget))
+    weights = ratio[retain_y]
+    return weights if float(weights.sum()) > 0 else None
+
+
 def measure_curvature(model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig) -> Curvature:
     size = retain_sample_size(config, ctx.n_retain, ctx.n_forget)
     sample = stratified_sample(ctx.retain_y, size, ctx.generator(offset=1)).to(ctx.device)
     chunk = config.chunk_size or default_chunk_size(ctx.device)
+    weights = label_matching_weights(ctx.retain_y[sample], ctx.forget_y, ctx.num_classes)
     with ctx.phase("curvature"):
-        retain = gradient_stats(model, ctx.retain_x[sample], ctx.retain_y[sample], chunk)
+        retain = gradient_stats(model, ctx.retain_x[sample], ctx.retain_y[sample], chunk, weights)
         forget = gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk)
     theta0 = {k: v.detach().clone() for k, v in trainable(model).items()}
     direction = if_direction(retain, forget, ctx.n_retain, config.lam_scale)
@@ -73,6 +86,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def confidence(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean probability the model gives each row's own label."""
+    return float(torch.softmax(model(x).float(), 1).gather(1, y[:, None]).mean()) if len(y) else 0.0
+
+
+@torch.no_grad()
 def set_step(model: nn.Module, curv: Curvature, eta: float, clip: float | None,
              mask: dict[str, torch.Tensor] | None = None) -> None:
     """Parameters ← θ0 + clip(η · IF step), restricted to `mask` where one is given."""
@@ -83,37 +102,67 @@ def set_step(model: nn.Module, curv: Curvature, eta: float, clip: float | None,
         p.copy_(curv.theta0[name] + step)
 
 
+@dataclass
+class ForgetScore:
+    """The validation score that picks η: val_acc − w · forget_conf (w = 1 by default).
+
+    A forgotten slice should be predicted like data the model never saw, while unseen data
+    keeps its accuracy. forget_conf is the mean probability of the forget rows' own labels
+    (smooth where accuracy saturates at 0). With w = 1 the argmax is the knee past which each
+    further unit of forgetting costs as much validation accuracy: early for a random slice
+    (forgetting it costs accuracy everywhere), late for a systematic one (its confidence
+    collapses while validation accuracy holds). Each side is scored on at most
+    `search_samples` rows.
+
+    The retain passes then win back part of what the step removed, so UIB takes `eta_scale`
+    times the knee. Measured on digits, seeds 0–2 (tuning seeds): patch-bias bias_asr
+    0.07–0.25 at 2–3× on the hardest seed, 0.005–0.015 at 4×, test accuracy within 1 pp of
+    the original; the random-slice control pays 3–4 pp of test accuracy at 4× (1–2 pp at 2×).
+    """
+
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    forget_x: torch.Tensor
+    forget_y: torch.Tensor
+    weight: float
+
+    @classmethod
+    def for_request(cls, ctx: UnlearnContext, config: CurvatureConfig) -> ForgetScore | None:
+        if ctx.val_x is None:
+            return None
+        n = config.search_samples
+        rows = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=13))[:n].to(ctx.device)
+        return cls(ctx.val_x[:n], ctx.val_y[:n], ctx.forget_x[rows], ctx.forget_y[rows],
+                   config.forget_weight)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        val_acc = accuracy(model, self.val_x, self.val_y)
+        forget_acc = accuracy(model, self.forget_x, self.forget_y)
+        forget_conf = confidence(model, self.forget_x, self.forget_y)
+        return {"val_acc": val_acc, "forget_acc": forget_acc, "forget_conf": forget_conf,
+                "score": val_acc - self.weight * forget_conf}
+
+
 @torch.no_grad()
 def select_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config: CurvatureConfig,
-               mask: dict[str, torch.Tensor] | None = None) -> float:
-    """Pick η on the grid that best separates unseen data from the forget set.
-
-    Score = accuracy on held-out validation − accuracy on the forget set, each on at most
-    `search_samples` rows; the smallest η of the best score wins. A forgotten slice should be
-    predicted like data the model never saw, while unseen data keeps its accuracy: too short a
-    step leaves the forget set fitted, too long a step wrecks validation accuracy.
-    """
+               scorer: ForgetScore | None, mask: dict[str, torch.Tensor] | None = None) -> float:
+    """The η of the grid with the best `ForgetScore` (the smallest such η on ties)."""
     if config.eta is not None:
         return config.eta
-    if ctx.val_x is None:
+    if scorer is None:
         ctx.notes["eta_rule"] = "fallback (no validation split)"
         return config.fallback_eta
-    model.eval()
-    n = config.search_samples
-    val_x, val_y = ctx.val_x[:n], ctx.val_y[:n]
-    rows = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=13))[:n].to(ctx.device)
-    f_x, f_y = ctx.forget_x[rows], ctx.forget_y[rows]
     trace = []
     with ctx.phase("eta_search"):
         for eta in sorted(config.eta_grid):
             set_step(model, curv, eta, config.clip, mask)
-            val_acc, forget_acc = accuracy(model, val_x, val_y), accuracy(model, f_x, f_y)
-            trace.append({"eta": eta, "val_acc": val_acc, "forget_acc": forget_acc,
-                          "score": val_acc - forget_acc})
-    best = max(trace, key=lambda t: t["score"])
+            trace.append({"eta": eta, **scorer(model)})
     ctx.notes["eta_search"] = trace
-    ctx.notes["eta_rule"] = "validation: max(val_acc - forget_acc)"
-    return best["eta"]
+    ctx.notes["eta_rule"] = (f"validation: {config.eta_scale:g} × argmax(val_acc - {scorer.weight:g} "
+                             "× forget_conf)")
+    return config.eta_scale * max(trace, key=lambda t: t["score"])["eta"]
 
 
 class InfluenceConfig(CurvatureConfig):
@@ -124,20 +173,21 @@ class InfluenceConfig(CurvatureConfig):
 def influence(model: nn.Module, ctx: UnlearnContext, config: InfluenceConfig) -> nn.Module:
     """The influence-function removal step alone (diagonal Fisher, damped, η on validation)."""
     curv = measure_curvature(model, ctx, config)
-    eta = select_eta(model, ctx, curv, config)
+    eta = select_eta(model, ctx, curv, config, ForgetScore.for_request(ctx, config))
     set_step(model, curv, eta, config.clip)
     ctx.notes["eta"] = eta
     return model
 
 
 class UIBConfig(CurvatureConfig):
+    eta_scale: float = Field(4.0, gt=0, description="× the selected η; see ForgetScore")
     beta: float = Field(60.0, ge=0, description="weight of I(X_r; θ): the KL to the dynamic prior")
-    alpha: float = Field(5.0, ge=0, description="how strongly the shift signal s reshapes the prior")
+    alpha: float = Field(20.0, ge=0, description="how strongly the shift signal s reshapes the prior")
     shift_rule: Literal["hold", "release"] = Field("hold", description="see uib.prior.SHIFT_RULES")
     sigma: float = Field(1e-3, ge=0, description="std of q(θ); fixed")
     lr: float = Field(1.5e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    passes: int = Field(6, ge=0, description="T, in passes over S_r")
+    passes: int = Field(8, ge=0, description="T, in passes over S_r")
     batch_size: int = Field(128, ge=1)
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
@@ -234,7 +284,8 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
         probe = build_prior(curv.theta0, curv.retain, curv.forget, ctx.n_retain, 0.0, config.alpha,
                             config.lam_scale)
         mask = saliency_mask({k: p.signal for k, p in probe.items()}, config.saliency)
-    eta = select_eta(model, ctx, curv, config, mask)
+    scorer = ForgetScore.for_request(ctx, config)
+    eta = select_eta(model, ctx, curv, config, scorer, mask)
     ctx.notes["eta"] = eta
     with ctx.phase("prior"):
         prior = build_prior(curv.theta0, curv.retain, curv.forget, ctx.n_retain, eta, config.alpha,

@@ -1,0 +1,238 @@
+"""Erase forgotten samples' bytes from DVC storage once a request is approved; keep an audit.
+
+`remove_samples` made a new data version without the samples, but the objects of the older
+version (the shards that held them, the old manifest) stay in the local DVC cache and on the
+remote, and `dvc gc` keeps them because older commits still name them. Here exactly those
+objects go: every object the version before the request names and neither the version after
+nor the current HEAD names. The older `.dir` listings stay (they hold file names and hashes,
+no sample bytes), so the history still reads, but every commit whose listing names a purged
+object can no longer be checked out in full; the record lists those commits.
+
+Deletion is a file removal (local cache, remote), not an overwrite of the disk blocks.
+Copies in other clones' DVC caches are outside the reach of this repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from pydantic import BaseModel, Field
+
+from tasks.data_versioning import DataRepo, DataVersion, StorageError, as_id_array
+from uib.samples import DataError
+
+HASH_SCHEME = "hmac-sha256(key=salt, msg=sample_id), hex"
+MIN_SALT_LENGTH = 16
+UNRECOVERABLE_NOTE = (
+    "Data versions at the listed unrecoverable_revs can no longer be checked out in full: "
+    "their listings (file names and hashes only) remain, the purged objects do not."
+)
+SCOPE_NOTE = (
+    "Purged from this data repository's DVC cache and its remote; copies in other clones' "
+    "caches are not covered."
+)
+
+
+def hash_id(sample_id: str, salt: str) -> str:
+    """The salted hash under which an audit record names a forgotten sample.
+
+    The ids of a data set are easy to guess (`digits-00042`), so a plain hash would give them
+    away; keyed with a secret salt that never enters the record, it does not.
+    """
+    if len(salt) < MIN_SALT_LENGTH:
+        raise DataError(f"salt: must hold at least {MIN_SALT_LENGTH} characters, got {len(salt)}")
+    return hmac.new(salt.encode(), str(sample_id).encode(), hashlib.sha256).hexdigest()
+
+
+class ErasureRecord(BaseModel):
+    before: DataVersion
+    after: DataVersion
+    purged_objects: list[str] = Field(description="md5 of every object erased for this request")
+    deleted_from_cache: int
+    deleted_from_remote: int
+    unrecoverable_revs: list[str]
+    forgotten_id_hashes: list[str]
+    staged_file_deleted: bool
+
+
+class AuditRecord(BaseModel):
+    request_id: str
+    hash_scheme: str = HASH_SCHEME
+    forgotten_id_hashes: list[str]
+    n_forgotten: int
+    data_version_before: DataVersion
+    data_version_after: DataVersion
+    model_version_before: str | None
+    model_version_after: str | None
+    gate_results: dict[str, Any]
+    requested_at: datetime
+    completed_at: datetime
+    purged_object_count: int
+    purged_objects: list[str]
+    unrecoverable_revs: list[str]
+    notes: list[str]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _check_versions(repo: DataRepo, before: DataVersion, after: DataVersion) -> None:
+    head = repo.current()
+    if before.git_rev == after.git_rev or not repo.is_ancestor(before.git_rev, after.git_rev):
+        raise DataError(
+            f"before: {before.git_rev[:10]} is not an earlier data version than after "
+            f"{after.git_rev[:10]}"
+        )
+    if not repo.is_ancestor(after.git_rev, head.git_rev):
+        raise DataError(f"after: {after.git_rev[:10]} is not in the history of the current version")
+    for name, version in (("before", before), ("after", after)):
+        if repo.dir_md5(version.git_rev) != version.dvc_md5:
+            raise DataError(
+                f"{name}: dvc_md5 {version.dvc_md5} is not what {version.git_rev[:10]} holds"
+            )
+
+
+def erase_forgotten(
+    repo: DataRepo,
+    before: DataVersion,
+    after: DataVersion,
+    forget_ids: Iterable[str],
+    salt: str,
+    staged_path: str | Path | None = None,
+) -> ErasureRecord:
+    """Delete the objects only `before` held from the cache and the remote; delete the staging.
+
+    Refuses, deleting nothing, when the versions are not an earlier/later pair of this
+    repository or `after` or the current version still lists a forgotten id (`DataError`), or
+    when an object of the current version is missing from the remote (`StorageError`: the
+    purge must never leave the current data without a remote copy). Running it again for the same request deletes
+    nothing more and returns the same lists.
+    """
+    wanted = as_id_array(forget_ids, "forget_ids")
+    hashes = sorted(hash_id(i, salt) for i in wanted)
+    _check_versions(repo, before, after)
+    head = repo.current().git_rev
+    for name, rev in {"after": after.git_rev, "current": head}.items():
+        if name == "current" and rev == after.git_rev:
+            continue
+        still = np.intersect1d(wanted, repo.load_manifest(rev)["sample_id"].to_numpy(dtype=str))
+        if still.size:
+            raise DataError(
+                f"forget_ids: {still.size} of them are still in the {name} data version "
+                f"{rev[:10]}, e.g. {still[:5].tolist()}"
+            )
+
+    head_listing = repo.dir_listing("HEAD")
+    keep = set(repo.dir_listing(after.git_rev).values()) | set(head_listing.values())
+    purge = sorted(set(repo.dir_listing(before.git_rev).values()) - keep)
+
+    missing = repo.missing_on_remote([*head_listing.values(), repo.dir_md5("HEAD")])
+    if missing:
+        raise StorageError(
+            f"repo: {len(missing)} objects of the current data version are not on the remote "
+            f"(e.g. {missing[:3]}); push before erasing"
+        )
+    deleted_cache, deleted_remote = repo.delete_objects(purge)
+
+    purged = set(purge)
+    unrecoverable = [
+        rev for rev in repo.history() if purged & set(_listing_or_empty(repo, rev).values())
+    ]
+    staged_deleted = False
+    if staged_path is not None and Path(staged_path).exists():
+        Path(staged_path).unlink()
+        staged_deleted = True
+    return ErasureRecord(
+        before=before,
+        after=after,
+        purged_objects=purge,
+        deleted_from_cache=deleted_cache,
+        deleted_from_remote=deleted_remote,
+        unrecoverable_revs=unrecoverable,
+        forgotten_id_hashes=hashes,
+        staged_file_deleted=staged_deleted,
+    )
+
+
+def _listing_or_empty(repo: DataRepo, rev: str) -> dict[str, str]:
+    try:
+        return repo.dir_listing(rev)
+    except DataError:
+        return {}
+
+
+def build_audit_record(
+    request_id: str,
+    erasure: ErasureRecord,
+    model_version_before: str | None,
+    model_version_after: str | None,
+    gate_results: dict[str, Any],
+    requested_at: datetime,
+    completed_at: datetime | None = None,
+) -> AuditRecord:
+    """The audit record of a completed request: hashes, versions, gates, times, what was purged."""
+    if not request_id.strip():
+        raise DataError("request_id: must not be empty")
+    return AuditRecord(
+        request_id=request_id,
+        forgotten_id_hashes=erasure.forgotten_id_hashes,
+        n_forgotten=len(erasure.forgotten_id_hashes),
+        data_version_before=erasure.before,
+        data_version_after=erasure.after,
+        model_version_before=model_version_before,
+        model_version_after=model_version_after,
+        gate_results=gate_results,
+        requested_at=requested_at,
+        completed_at=completed_at or datetime.now(UTC),
+        purged_object_count=len(erasure.purged_objects),
+        purged_objects=erasure.purged_objects,
+        unrecoverable_revs=erasure.unrecoverable_revs,
+        notes=[UNRECOVERABLE_NOTE, SCOPE_NOTE] if erasure.unrecoverable_revs else [SCOPE_NOTE],
+    )
+
+
+@task(name="erase-forgotten")
+def erase_request(
+    repo_root: str | Path,
+    request_id: str,
+    before: DataVersion | dict,
+    after: DataVersion | dict,
+    forget_ids: Iterable[str],
+    salt: str,
+    audit_dir: str | Path,
+    requested_at: datetime,
+    staged_path: str | Path | None = None,
+    model_version_before: str | None = None,
+    model_version_after: str | None = None,
+    gate_results: dict[str, Any] | None = None,
+) -> dict:
+    """Erase an approved request's forgotten bytes and write `audit_dir/<request_id>.json`."""
+    erasure = erase_forgotten(
+        DataRepo(repo_root),
+        DataVersion.model_validate(before),
+        DataVersion.model_validate(after),
+        forget_ids,
+        salt,
+        staged_path,
+    )
+    record = build_audit_record(
+        request_id,
+        erasure,
+        model_version_before,
+        model_version_after,
+        gate_results or {},
+        requested_at,
+    )
+    audit_dir = Path(audit_dir)
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    path = audit_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', request_id)}.json"
+    path.write_text(record.to_json() + "\n")
+    return {"audit_path": str(path), **record.model_dump(mode="json")}
