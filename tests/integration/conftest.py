@@ -1,0 +1,19 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def patch_bias(digits):
+    """The `patch-bias` scenario on digits: the faulty source's samples are the forget set."""
+    from uib.scenarios import ScenarioConfig, build_scenario
+
+    return build_scenario(digits, ScenarioConfig(name="patch-bias", seed=0))
+
+
+@pytest.fixture
+def data_repo(tmp_path, patch_bias):
+    """A fresh data repository with a local remote, holding the patch-bias data as one version."""
+    from tasks.data_versioning import DataRepo
+
+    repo = DataRepo.init(tmp_path / "repo", str(tmp_path / "remote"))
+    version = repo.write_dataset(patch_bias.dataset, patch_bias.config, "patch-bias digits")
+    return repo, version
