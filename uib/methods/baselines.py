@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from uib.curvature import gradient_stats, trainable
+from uib.curvature import default_chunk_size, gradient_stats, trainable
 from uib.methods.base import MethodConfig, UnlearnContext, register
 from uib.methods.common import (
     forget_loop,
@@ -168,7 +168,7 @@ class SSDConfig(MethodConfig):
     selection: float = Field(10.0, gt=0, description="α: dampen where F_f > α · F_r")
     dampening: float = Field(1.0, gt=0, description="λ: scale by min(λ · F_r / F_f, 1)")
     retain_sample: int = Field(1000, ge=1)
-    chunk_size: int = Field(32, ge=1)
+    chunk_size: int | None = Field(None, ge=1, description="None: see default_chunk_size")
 
 
 @register("ssd", SSDConfig)
@@ -176,8 +176,9 @@ def ssd(model: nn.Module, ctx: UnlearnContext, config: SSDConfig) -> nn.Module:
     """Selective synaptic dampening: shrink the weights far more important to forget than retain."""
     with ctx.phase("curvature"):
         rows = stratified_sample(ctx.retain_y, config.retain_sample, ctx.generator(offset=1)).to(ctx.device)
-        f_r = gradient_stats(model, ctx.retain_x[rows], ctx.retain_y[rows], config.chunk_size).fisher
-        f_f = gradient_stats(model, ctx.forget_x, ctx.forget_y, config.chunk_size).fisher
+        chunk = config.chunk_size or default_chunk_size(model, ctx.device)
+        f_r = gradient_stats(model, ctx.retain_x[rows], ctx.retain_y[rows], chunk).fisher
+        f_f = gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk).fisher
     with ctx.phase("dampen"), torch.no_grad():
         dampened = 0
         for name, p in trainable(model).items():

@@ -39,7 +39,7 @@ class CurvatureConfig(MethodConfig):
     clip: float | None = Field(1.0, gt=0, description="per-block step norm ≤ clip · ‖θ0‖, after η")
     retain_sample: int | None = Field(None, ge=1, description="|S_r|; None: min(|D_r|, max(|ΔD|, 1000))")
     chunk_size: int | None = Field(None, ge=1, description="rows per vmap chunk (bounds peak memory); "
-                                   "None: 32 on CPU, where small chunks stay in cache, 1024 on CUDA")
+                                   "None: sized to the model, see default_chunk_size")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def label_matching_weights(retain_y: torch.Tensor, forget_y: torch.Tensor, num_c
 def measure_curvature(model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig) -> Curvature:
     size = retain_sample_size(config, ctx.n_retain, ctx.n_forget)
     sample = stratified_sample(ctx.retain_y, size, ctx.generator(offset=1)).to(ctx.device)
-    chunk = config.chunk_size or default_chunk_size(ctx.device)
+    chunk = config.chunk_size or default_chunk_size(model, ctx.device)
     weights = label_matching_weights(ctx.retain_y[sample], ctx.forget_y, ctx.num_classes)
     with ctx.phase("curvature"):
         retain = gradient_stats(model, ctx.retain_x[sample], ctx.retain_y[sample], chunk, weights)
