@@ -108,6 +108,24 @@ def gradient_stats(
     return GradientStats({k: v / n for k, v in fisher.items()}, grad_sum, len(y), weighted)
 
 
+def summed_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> dict[str, torch.Tensor]:
+    """Σ_i ∇ℓ_i by ordinary batched backward passes (eval mode): the sum needs no per-sample
+    gradients, and on CPU a batched pass costs less than a vmap chunk."""
+    was_training = model.training
+    model.eval()
+    params = trainable(model)
+    total = {k: torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32)) for k, v in params.items()}
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        loss = F.cross_entropy(logits.float(), y[start : start + batch_size], reduction="sum")
+        for (name, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
+            total[name] += g.to(total[name].dtype)
+    model.train(was_training)
+    return total
+
+
 def newton_removal_step(
     model: nn.Module, retain_x: torch.Tensor, retain_y: torch.Tensor, forget: GradientStats, l2: float = 0.0
 ) -> dict[str, torch.Tensor]:

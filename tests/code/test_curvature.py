@@ -110,3 +110,15 @@ def test_if_step_on_l2_logistic_regression_is_the_newton_step_and_lands_near_ret
         assert (removed - retrained).norm() < 0.1 * (flat(original) - retrained).norm()
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_summed_gradient_equals_the_sum_of_per_sample_gradients():
+    from uib.curvature import summed_gradient
+
+    torch.manual_seed(2)
+    model = build_model("cnn", (1, 12, 12), 10)
+    x, y = tiny_batch((1, 12, 12), n=11, seed=2)
+    batched = summed_gradient(model, x, y, batch_size=4)
+    stats = gradient_stats(model, x, y, chunk_size=3)
+    for name in batched:
+        torch.testing.assert_close(batched[name], stats.grad_sum[name], rtol=1e-4, atol=1e-5)

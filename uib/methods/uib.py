@@ -17,7 +17,13 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from uib.curvature import GradientStats, default_chunk_size, gradient_stats, trainable
+from uib.curvature import (
+    GradientStats,
+    default_chunk_size,
+    gradient_stats,
+    summed_gradient,
+    trainable,
+)
 from uib.device import autocast
 from uib.methods.base import MethodConfig, UnlearnContext, register
 from uib.methods.common import OPTIMIZERS, kl_to_teacher, saliency_mask, stratified_sample
@@ -33,11 +39,13 @@ class CurvatureConfig(MethodConfig):
     eta: float | None = Field(None, ge=0, description="IF step length; None: chosen on validation")
     eta_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_ETA_GRID))
     fallback_eta: float = Field(0.01, ge=0, description="η when no validation split is given")
-    search_samples: int = Field(500, ge=10, description="validation and forget rows scored per η")
+    search_samples: int = Field(250, ge=10, description="validation and forget rows scored per η")
     forget_weight: float = Field(1.0, gt=0, description="w in the η score val_acc − w · forget_conf")
     eta_scale: float = Field(1.0, gt=0, description="the step taken is eta_scale × the selected η")
     clip: float | None = Field(1.0, gt=0, description="per-block step norm ≤ clip · ‖θ0‖, after η")
-    retain_sample: int | None = Field(None, ge=1, description="|S_r|; None: min(|D_r|, max(|ΔD|, 1000))")
+    retain_sample: int = Field(1000, ge=1, description="|S_r| (all of D_r when smaller)")
+    forget_sample: int | None = Field(500, ge=1, description="forget rows behind F_f; None: all. "
+                                      "g_f always sums the whole forget set")
     chunk_size: int | None = Field(None, ge=1, description="rows per vmap chunk (bounds peak memory); "
                                    "None: sized to the model, see default_chunk_size")
 
@@ -51,11 +59,6 @@ class Curvature:
     sample: torch.Tensor
 
 
-def retain_sample_size(config: CurvatureConfig, n_retain: int, n_forget: int) -> int:
-    wanted = config.retain_sample or max(n_forget, 1000)
-    return min(n_retain, wanted)
-
-
 def label_matching_weights(retain_y: torch.Tensor, forget_y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
     """Per retain row: π_forget(y) / π_retain(y), so the weighted retain sample has the forget
     set's label mix; None when the retain sample shares no label with the forget set."""
@@ -66,14 +69,23 @@ def label_matching_weights(retain_y: torch.Tensor, forget_y: torch.Tensor, num_c
     return weights if float(weights.sum()) > 0 else None
 
 
+def forget_stats(model: nn.Module, ctx: UnlearnContext, size: int | None, chunk: int) -> GradientStats:
+    """F_f from per-sample gradients of `size` forget rows (all when None), g_f from all rows."""
+    if size is None or size >= ctx.n_forget:
+        return gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk)
+    rows = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=17))[:size].to(ctx.device)
+    sampled = gradient_stats(model, ctx.forget_x[rows], ctx.forget_y[rows], chunk)
+    return GradientStats(sampled.fisher, summed_gradient(model, ctx.forget_x, ctx.forget_y), ctx.n_forget)
+
+
 def measure_curvature(model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig) -> Curvature:
-    size = retain_sample_size(config, ctx.n_retain, ctx.n_forget)
+    size = min(ctx.n_retain, config.retain_sample)
     sample = stratified_sample(ctx.retain_y, size, ctx.generator(offset=1)).to(ctx.device)
     chunk = config.chunk_size or default_chunk_size(model, ctx.device)
     weights = label_matching_weights(ctx.retain_y[sample], ctx.forget_y, ctx.num_classes)
     with ctx.phase("curvature"):
         retain = gradient_stats(model, ctx.retain_x[sample], ctx.retain_y[sample], chunk, weights)
-        forget = gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk)
+        forget = forget_stats(model, ctx, config.forget_sample, chunk)
     theta0 = {k: v.detach().clone() for k, v in trainable(model).items()}
     direction = if_direction(retain, forget, ctx.n_retain, config.lam_scale)
     ctx.notes["retain_sample"] = size
@@ -187,7 +199,9 @@ class UIBConfig(CurvatureConfig):
     sigma: float = Field(1e-3, ge=0, description="std of q(θ); fixed")
     lr: float = Field(1.5e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    passes: int = Field(8, ge=0, description="T, in passes over S_r")
+    passes: int = Field(8, ge=0, description="T, the most passes over S_r")
+    stop_at_val_gap: float | None = Field(0.005, ge=0, description="end the passes once validation "
+                                          "accuracy is within this of the original's; None: run T")
     batch_size: int = Field(128, ge=1)
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
@@ -223,8 +237,12 @@ class Variant:
 
 def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, ys: torch.Tensor,
              ctx: UnlearnContext, config: UIBConfig, variant: Variant,
-             mask: dict[str, torch.Tensor] | None) -> None:
-    """T passes over S_r of CE(m + σε) + (β / n_r) Σ KL(q ‖ p) + R, with Adam (or SGD) on m.
+             mask: dict[str, torch.Tensor] | None, stop: Callable[[nn.Module], bool] | None) -> None:
+    """Up to T passes over S_r of CE(m + σε) + (β / n_r) Σ KL(q ‖ p) + R, with Adam on m.
+
+    `stop(model)`, asked after each pass, ends the passes early: they exist to win back the
+    retained accuracy the step cost, and every further pass also wins back some of what the
+    step removed.
 
     The draw θ = m + σε is taken in place around each forward/backward (the reparameterised
     gradient with respect to m is the gradient at θ), and the KL's gradient in m,
@@ -273,6 +291,10 @@ def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, y
             pull = kl_weight * float(prior_pull(params, prior))
         ctx.loss_curve.append({"epoch": float(epoch), "kl_prior": pull,
                                **{k: v / len(retain_order) for k, v in sums.items()}})
+        if stop is not None and stop(model):
+            break
+        model.train()
+    ctx.notes["passes_run"] = len(ctx.loss_curve)
     model.eval()
     ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
 
@@ -285,6 +307,13 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
                             config.lam_scale)
         mask = saliency_mask({k: p.signal for k, p in probe.items()}, config.saliency)
     scorer = ForgetScore.for_request(ctx, config)
+    stop = None
+    if scorer is not None and config.stop_at_val_gap is not None:
+        target = scorer(model)["val_acc"] - config.stop_at_val_gap
+
+        def stop(m: nn.Module) -> bool:
+            return scorer(m)["val_acc"] >= target
+
     eta = select_eta(model, ctx, curv, config, scorer, mask)
     ctx.notes["eta"] = eta
     with ctx.phase("prior"):
@@ -297,7 +326,7 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
     if config.passes:
         xs, ys = ctx.retain_x[curv.sample], ctx.retain_y[curv.sample]
         with ctx.phase("optimise"):
-            optimise(model, prior, xs, ys, ctx, config, variant, mask)
+            optimise(model, prior, xs, ys, ctx, config, variant, mask, stop)
     with torch.no_grad():
         params = {k: p for k, p in model.named_parameters() if k in prior}
         if config.sigma:
