@@ -123,8 +123,9 @@ class ForgetScore:
     (smooth where accuracy saturates at 0). With w = 1 the argmax is the knee past which each
     further unit of forgetting costs as much validation accuracy: early for a random slice
     (forgetting it costs accuracy everywhere), late for a systematic one (its confidence
-    collapses while validation accuracy holds). Each side is scored on at most
-    `search_samples` rows.
+    collapses while validation accuracy holds). Validation rows of a class the retain set no
+    longer has are left out (forgetting a whole class must not count against it). Each side
+    is scored on at most `search_samples` rows.
 
     The retain passes then win back part of what the step removed, so UIB takes `eta_scale`
     times the knee. Measured on digits, seeds 0–2 (tuning seeds): patch-bias bias_asr
@@ -143,9 +144,10 @@ class ForgetScore:
         if ctx.val_x is None:
             return None
         n = config.search_samples
+        kept = torch.isin(ctx.val_y, torch.unique(ctx.retain_y))
+        val_x, val_y = ctx.val_x[kept][:n], ctx.val_y[kept][:n]
         rows = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=13))[:n].to(ctx.device)
-        return cls(ctx.val_x[:n], ctx.val_y[:n], ctx.forget_x[rows], ctx.forget_y[rows],
-                   config.forget_weight)
+        return cls(val_x, val_y, ctx.forget_x[rows], ctx.forget_y[rows], config.forget_weight)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
