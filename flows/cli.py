@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -52,6 +53,100 @@ def list_methods() -> None:
 
     for name in registry.available():
         typer.echo(f"{name:14s} {registry.get(name).summary}")
+
+
+request_app = typer.Typer(help="Submit data-deletion requests.", no_args_is_help=True)
+app.add_typer(request_app, name="request")
+
+
+def quiet_prefect() -> None:
+    """No telemetry from Prefect's temporary server: nothing outside loopback is reachable."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.command()
+def train() -> None:
+    """Run the `train` flow: version the dataset, train the original, register it as champion."""
+    quiet_prefect()
+    from flows.train import train_flow
+
+    result = train_flow()
+    typer.echo(f"champion: version {result['model_version']} ({'trained' if result['trained'] else 'already registered'})")
+
+
+def parse_where(items: list[str]) -> dict[str, str]:
+    where = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected ATTR=VALUE, got {item!r}", param_hint="--where")
+        where[key.strip()] = value.strip()
+    return where
+
+
+@request_app.command("delete")
+def request_delete(
+    ids: list[str] | None = typer.Option(None, "--ids", help="sample ids to forget (repeat the option)"),
+    where: list[str] | None = typer.Option(None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"),
+    request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
+    reason: str = typer.Option("", "--reason", help="why the data must go"),
+    allow_class_removal: bool = typer.Option(False, help="allow a whole class to vanish"),
+) -> None:
+    """Run the `unlearn` flow for one deletion request; exit 1 with the reason when refused or rejected."""
+    quiet_prefect()
+    import pydantic
+
+    from tasks.requests import DeletionRequest
+
+    fields = {"sample_ids": ids or None, "where": parse_where(where) if where else None,
+              "reason": reason, "allow_class_removal": allow_class_removal}
+    if request_id:
+        fields["request_id"] = request_id
+    try:
+        request = DeletionRequest(**fields)
+    except pydantic.ValidationError as error:
+        typer.echo(f"error: invalid request: {error}", err=True)
+        raise typer.Exit(2) from error
+    from flows.unlearn import unlearn_flow
+
+    try:
+        outcome = unlearn_flow(request.model_dump(mode="json"))
+    except Exception as error:
+        typer.echo(f"request {request.request_id} not approved: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(json.dumps({k: outcome.get(k) for k in ("request_id", "state", "model_version")}))
+
+
+@app.command("requests")
+def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON array")) -> None:
+    """List deletion requests with their state, flow run and model version."""
+    from tasks.requests import RequestLedger
+    from tasks.settings import Settings
+
+    records = RequestLedger(Settings().ledger_path).list()
+    rows = [{"request_id": r.request_id, "state": r.state.value, "flow_run_id": r.flow_run_id,
+             "model_version": r.model_version, "message": r.message,
+             "updated_at": r.updated_at.isoformat()} for r in records]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['request_id']:<32} {row['state']:<9} v{row['model_version'] or '-':<4} "
+                   f"{row['flow_run_id'] or '-':<38} {row['message'][:80]}")
+
+
+@app.command()
+def demo() -> None:
+    """The main job on `digits`: train if needed, delete the faulty source's samples, review."""
+    quiet_prefect()
+    from flows.demo import run_demo, summary
+    from tasks.settings import Settings
+
+    settings = Settings()
+    typer.echo(summary(settings, run_demo(settings)))
 
 
 if __name__ == "__main__":

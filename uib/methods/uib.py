@@ -196,14 +196,15 @@ def influence(model: nn.Module, ctx: UnlearnContext, config: InfluenceConfig) ->
 class UIBConfig(CurvatureConfig):
     eta_scale: float = Field(4.0, gt=0, description="× the selected η; see ForgetScore")
     beta: float = Field(60.0, ge=0, description="weight of I(X_r; θ): the KL to the dynamic prior")
-    alpha: float = Field(20.0, ge=0, description="how strongly the shift signal s reshapes the prior")
+    alpha: float = Field(40.0, ge=0, description="how strongly the shift signal s reshapes the prior")
     shift_rule: Literal["hold", "release"] = Field("hold", description="see uib.prior.SHIFT_RULES")
     sigma: float = Field(1e-3, ge=0, description="std of q(θ); fixed")
-    lr: float = Field(1.5e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    passes: int = Field(8, ge=0, description="T, the most passes over S_r")
-    stop_at_val_gap: float | None = Field(0.005, ge=0, description="end the passes once validation "
-                                          "accuracy is within this of the original's; None: run T")
+    passes: int = Field(16, ge=0, description="T, the most passes over S_r")
+    stop_at_gap: float | None = Field(0.002, ge=0, description="end the passes once accuracy on "
+                                      "validation and on S_r is within this of the original's "
+                                      "(the gates' retained-performance terms); None: run T")
     batch_size: int = Field(128, ge=1)
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
@@ -309,12 +310,14 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
                             config.lam_scale)
         mask = saliency_mask({k: p.signal for k, p in probe.items()}, config.saliency)
     scorer = ForgetScore.for_request(ctx, config)
+    xs, ys = ctx.retain_x[curv.sample], ctx.retain_y[curv.sample]
     stop = None
-    if scorer is not None and config.stop_at_val_gap is not None:
-        target = scorer(model)["val_acc"] - config.stop_at_val_gap
+    if scorer is not None and config.stop_at_gap is not None:
+        val_target = scorer(model)["val_acc"] - config.stop_at_gap
+        retain_target = accuracy(model, xs, ys) - config.stop_at_gap
 
         def stop(m: nn.Module) -> bool:
-            return scorer(m)["val_acc"] >= target
+            return scorer(m)["val_acc"] >= val_target and accuracy(m, xs, ys) >= retain_target
 
     eta = select_eta(model, ctx, curv, config, scorer, mask)
     ctx.notes["eta"] = eta
@@ -326,7 +329,6 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
     if config.passes:
-        xs, ys = ctx.retain_x[curv.sample], ctx.retain_y[curv.sample]
         with ctx.phase("optimise"):
             optimise(model, prior, xs, ys, ctx, config, variant, mask, stop)
     with torch.no_grad():

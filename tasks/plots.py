@@ -1,0 +1,63 @@
+"""The figures a reviewer sees in MLflow for each request (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from uib.metrics import Metrics  # noqa: E402
+
+
+def per_class_accuracy(before: Metrics, after: Metrics) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    classes = np.arange(len(before.per_class_acc))
+    ax.bar(classes - 0.2, before.per_class_acc, 0.4, label="before (original)")
+    ax.bar(classes + 0.2, after.per_class_acc, 0.4, label="after (candidate)")
+    ax.set(xlabel="class", ylabel="test accuracy", ylim=(0, 1.05), xticks=classes,
+           title="Per-class test accuracy before / after unlearning")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def mia_histograms(scores: dict[str, dict[str, np.ndarray]]) -> Figure:
+    """`scores[model][set]`: the attack's member probability per sample (retain, test, forget)."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(10, 3.5), sharey=True)
+    for ax, (model_name, by_set) in zip(np.atleast_1d(axes), scores.items(), strict=True):
+        for set_name, values in by_set.items():
+            ax.hist(values, bins=30, range=(0, 1), alpha=0.5, density=True, label=set_name)
+        ax.set(title=f"MIA member probability: {model_name}", xlabel="P(member)")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def bias_probe(before: Metrics, after: Metrics) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = ["bias_asr", "bias_corr"]
+    values_before = [getattr(before, n) or 0.0 for n in names]
+    values_after = [getattr(after, n) or 0.0 for n in names]
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, values_before, 0.4, label="before")
+    ax.bar(x + 0.2, values_after, 0.4, label="after")
+    ax.set(xticks=x, xticklabels=names, ylim=(0, 1.05), title="Patch shortcut probe")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(curve: list[dict[str, float]]) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    keys = sorted({k for row in curve for k in row if k != "epoch"})
+    for key in keys:
+        ax.plot([row.get("epoch", i) for i, row in enumerate(curve)], [row.get(key, np.nan) for row in curve],
+                marker="o", label=key)
+    ax.set(xlabel="pass", ylabel="loss term", title="Unlearning loss terms per pass")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,89 @@
+"""The pipeline's configuration: one state folder, its stores, the method and the gates.
+
+Everything has an embedded default under the state folder (`.uib/` in the working directory,
+`UIB_HOME` overrides); `MLFLOW_TRACKING_URI` and `UIB_DVC_REMOTE` point at grown-up stores.
+Nested fields read `UIB_<FIELD>__<SUBFIELD>`, e.g. `UIB_GATES__BIAS_ASR_CEILING=0.05`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.validation import ShiftPolicy
+from uib.scenarios import ScenarioConfig
+
+
+class GateConfig(BaseModel):
+    """EVALUATION.md's gates; every threshold is configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_ta_drop_pp: float = Field(1.0, description="TA ≥ TA_original − this (pp)")
+    max_ra_drop_pp: float = Field(1.0, description="RA ≥ RA_original − this (pp)")
+    forget_acc_margin_pp: float = Field(2.0, description="forget accuracy ≤ TA + this (pp)")
+    mia_fraction: float = Field(0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level")
+    bias_asr_ceiling: float = Field(0.1, description="bias_asr ≤ this, for patch-bias requests")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UIB_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(Path(".uib"), description="the state folder")
+    dvc_remote: str | None = Field(None, description="DVC remote URL; default <home>/dvc-remote")
+    dvc_endpoint_url: str | None = Field(None, description="S3-compatible endpoint of the remote")
+    model_name: str = "uib-classifier"
+    champion_alias: str = "champion"
+    experiment: str = "uib-unlearning"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    train_epochs: int | None = Field(None, ge=1, description="override the recipe's epochs")
+    method: str = "uib"
+    method_config: dict = Field(default_factory=dict)
+    device: str = "auto"
+    gates: GateConfig = Field(default_factory=GateConfig)
+    shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
+    audit_salt: str | None = Field(None, description="default: a random salt kept in <home>/salt")
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home.resolve() / "mlartifacts"
+
+    @property
+    def data_repo(self) -> Path:
+        return self.home.resolve() / "data-repo"
+
+    @property
+    def remote_url(self) -> str:
+        return self.dvc_remote or str(self.home.resolve() / "dvc-remote")
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home.resolve() / "requests.db"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.home.resolve() / "audit"
+
+    def stage_dir(self, request_id: str) -> Path:
+        return self.home.resolve() / "stage" / request_id
+
+    def salt(self) -> str:
+        """The audit salt: configured, or made once and kept private in the state folder."""
+        if self.audit_salt:
+            return self.audit_salt
+        path = self.home.resolve() / "salt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
