@@ -7,11 +7,18 @@ import re
 import sqlite3
 import uuid
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.data_versioning import DataRepo
+from uib.data import Dataset
+from uib.scenarios import select_forget
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -167,3 +174,34 @@ class RequestLedger:
 
 def now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class Resolved:
+    dataset: Dataset
+    scenario: object
+    forget_ids: list[str]
+    data_rev: str
+
+
+@task(name="resolve-request", cache_policy=NO_CACHE)
+def resolve_request(request: DeletionRequest, repo_root: str | Path) -> Resolved:
+    """The request's training-sample ids, read from the data version it applies to.
+
+    A rerun of a request whose data commit exists reads the version before that commit.
+    """
+    repo = DataRepo(repo_root)
+    done = repo.find_request(request.request_id)
+    rev = f"{done}~1" if done else repo.current().git_rev
+    dataset, scenario = repo.load(rev)
+    if request.sample_ids is not None:
+        ids = select_forget(dataset.manifest, ids=request.sample_ids)
+    else:
+        ids = select_forget(dataset.manifest, where=request.where)
+    return Resolved(dataset, scenario, [str(i) for i in ids], repo.version(rev).git_rev)
+
+
+def split_manifests(resolved: Resolved):
+    manifest = resolved.dataset.manifest
+    forget = manifest["sample_id"].isin(resolved.forget_ids)
+    return manifest, manifest[~forget], manifest[forget]

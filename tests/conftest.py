@@ -1,9 +1,10 @@
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+MNIST_DIR = Path(os.environ.get("UIB_MNIST_DIR") or REPO.parent / "shared" / "data" / "mnist")
 
 
 @pytest.fixture(scope="session")

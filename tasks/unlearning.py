@@ -1,0 +1,48 @@
+"""The unlearning stage: the GPU task, limited to one run at a time per `gpu` tag."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import uib
+from tasks.registry import load_version
+from tasks.settings import Settings
+from uib.device import select_device
+from uib.samples import Samples
+from uib.train import TrainConfig
+
+GPU_TAG = "gpu"
+
+
+def ensure_gpu_limit(limit: int = 1) -> None:
+    """Create the `gpu` tag concurrency limit on the Prefect server when it has none.
+
+    Best effort: on a server that refuses (or none at all) the task still runs, unlimited.
+    """
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_concurrency_limit_by_tag(GPU_TAG)
+            except Exception:
+                client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=limit)
+    except Exception as error:  # noqa: BLE001 - a missing limit must not stop a deletion
+        get_run_logger().warning("could not set the %r concurrency limit: %s", GPU_TAG, error)
+
+
+@task(name="unlearn", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, timeout_seconds=3600,
+      cache_policy=NO_CACHE)
+def unlearn_task(settings: Settings, model_version: str, forget: Samples, retain: Samples,
+                 validation: Samples, recipe: TrainConfig):
+    """The GPU task: the champion from the registry, `uib.unlearn` on CUDA when present."""
+    original = load_version(settings, model_version)
+    device = select_device(settings.device)
+    candidate, report = uib.unlearn(
+        original, forget, retain, settings.method, settings.method_config,
+        train_config=recipe, validation=validation, device=device,
+        seed=settings.scenario.seed,
+    )
+    get_run_logger().info("%s on %s: %.2f s %s", settings.method, device, report.time_s, report.phase_seconds)
+    return original, candidate.cpu().eval(), report
