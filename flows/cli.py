@@ -27,6 +27,7 @@ def benchmark(
     epochs: int | None = typer.Option(None, help="override the recipe's epochs (not for reports)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/benchmark"), help="output directory"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="run as the Prefect `benchmark` flow, logged to MLflow"),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
     from uib.benchmark import BenchmarkConfig, run_benchmark
@@ -38,7 +39,13 @@ def benchmark(
             methods=csv_list(methods), seeds=list(range(seeds)), fraction=fraction,
             corruption=corruption, epochs=epochs, device=device,
         )
-        run_benchmark(config, out)
+        if mlflow:
+            quiet_prefect()
+            from flows.benchmark import benchmark_flow
+
+            benchmark_flow(config.model_dump(), str(out))
+        else:
+            run_benchmark(config, out)
     except (DataError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error

@@ -156,3 +156,22 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(home, 
     rows = json.loads(listed.output)
     assert [(r["request_id"], r["state"]) for r in rows] == [("cli-1", "rejected")]
     assert rows[0]["flow_run_id"]
+
+
+def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path, monkeypatch):
+    from flows.benchmark import benchmark_flow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(home=tmp_path / "uib")
+    config = {"dataset": "digits", "scenario": "patch-bias", "methods": ["uib"], "seeds": [0], "epochs": 5}
+    result = benchmark_flow(config, str(tmp_path / "out"), {"home": str(settings.home)})
+    assert result["rows"] == 3
+    client = client_of(settings)
+    children = client.search_runs([client.get_experiment_by_name(settings.experiment).experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(r.data.tags["method"] for r in children) == ["original", "retrain", "uib"]
+    uib_run = next(r for r in children if r.data.tags["method"] == "uib")
+    assert {"time_ratio", "avg_gap", "bias_asr"} <= set(uib_run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"results.csv", "results.md"} <= artifacts
+    assert [a.path for a in client.list_artifacts(result["run_id"], "plots")] == ["plots/avg_gap_vs_time_ratio.png"]
