@@ -50,6 +50,10 @@ class RequestRefused(Exception):
 class GatesFailed(Exception):
     """The candidate failed a gate: it is registered as `rejected`, the champion is unchanged."""
 
+    def __init__(self, message: str, report: GateReport, model_version: str):
+        super().__init__(message)
+        self.report, self.model_version = report, model_version
+
 
 def artifact_key(request_id: str) -> str:
     return "request-" + re.sub(r"[^a-z0-9-]", "-", request_id.lower())
@@ -102,7 +106,7 @@ def run_request(request: DeletionRequest, settings: Settings) -> dict:
     version, run_id = register_candidate(settings, request, original, candidate, report, gates,
                                          validation, versions, retain, test, forget, base_version)
     if not gates.passed:
-        raise GatesFailed(f"model version {version} rejected: {gates.message()}")
+        raise GatesFailed(f"model version {version} rejected: {gates.message()}", gates, version)
 
     audit = erase_request(
         settings.data_repo, request.request_id, versions["before"], versions["after"],
@@ -133,10 +137,13 @@ def unlearn_flow(request: dict, settings: dict | None = None) -> dict:
     ledger.update(request.request_id, RequestState.RUNNING, "", flow_run_id=str(flow_run.get_id()))
     try:
         outcome = run_request(request, settings)
-    except (RequestRefused, GatesFailed) as error:
-        state = RequestState.REJECTED
-        ledger.update(request.request_id, state, str(error))
-        publish_outcome(request, state, str(error))
+    except RequestRefused as error:
+        ledger.update(request.request_id, RequestState.REJECTED, str(error))
+        publish_outcome(request, RequestState.REJECTED, str(error))
+        raise
+    except GatesFailed as error:
+        ledger.update(request.request_id, RequestState.REJECTED, str(error), model_version=error.model_version)
+        publish_outcome(request, RequestState.REJECTED, str(error), error.report, error.model_version)
         raise
     except Exception as error:
         ledger.update(request.request_id, RequestState.FAILED, f"{type(error).__name__}: {error}")

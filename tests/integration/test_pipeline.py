@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from prefect.artifacts import Artifact
 from test_erasure import files_holding, stored_images
 
 from tasks.data_versioning import DataRepo
@@ -83,6 +84,9 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
 
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.APPROVED and record.model_version == "2"
+    outcome_md = Artifact.get("request-remove-faulty").data
+    assert "**approved**" in outcome_md and "| bias_asr |" in outcome_md
+    assert "Data shift validation passed" in Artifact.get("shift-remove-faulty").data
 
     # erased: no byte sequence of a forgotten image in the DVC cache, the remote or the stage
     scenario = build_scenario(load_dataset("digits"), home.scenario)
@@ -116,6 +120,8 @@ def test_a_failed_gate_keeps_the_champion_and_the_request_open(home):
     assert record.state == RequestState.REJECTED and record.is_open
     assert "test_accuracy_retained" in record.message
     assert not (home.audit_dir / "remove-faulty.json").exists()
+    outcome_md = Artifact.get("request-remove-faulty").data
+    assert "**rejected**" in outcome_md and "**FAIL**" in outcome_md
 
 
 @pytest.mark.parametrize(("request_fields", "reason"), [
