@@ -74,14 +74,43 @@ def quiet_prefect() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def invalid(what: str, error: Exception) -> typer.Exit:
+    """Echo a validation error as `field: problem` lines; the exit code for bad input."""
+    import pydantic
+
+    if isinstance(error, pydantic.ValidationError):
+        lines = [f"  {'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in error.errors()]
+        typer.echo(f"error: invalid {what}:\n" + "\n".join(lines), err=True)
+    else:
+        typer.echo(f"error: invalid {what}: {error}", err=True)
+    return typer.Exit(2)
+
+
+def load_settings():
+    import pydantic
+
+    from tasks.settings import Settings
+
+    try:
+        return Settings()
+    except pydantic.ValidationError as error:
+        raise invalid("settings (UIB_* environment)", error) from error
+
+
 @app.command()
 def train() -> None:
     """Run the `train` flow: version the dataset, train the original, register it as champion."""
     quiet_prefect()
+    settings = load_settings()
     from flows.train import train_flow
 
-    result = train_flow()
-    typer.echo(f"champion: version {result['model_version']} ({'trained' if result['trained'] else 'already registered'})")
+    try:
+        result = train_flow(settings.overrides())
+    except Exception as error:
+        typer.echo(f"error: training failed: {error}", err=True)
+        raise typer.Exit(1) from error
+    how = "trained and registered" if result["trained"] else "already registered"
+    typer.echo(f"champion: version {result['model_version']} ({how})")
 
 
 def parse_where(items: list[str]) -> dict[str, str]:
@@ -96,13 +125,14 @@ def parse_where(items: list[str]) -> dict[str, str]:
 
 @request_app.command("delete")
 def request_delete(
-    ids: list[str] | None = typer.Option(None, "--ids", help="sample ids to forget (repeat the option)"),
-    where: list[str] | None = typer.Option(None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"),
+    ids: list[str] | None = typer.Option(None, "--ids", help="sample ids to forget (repeatable)"),
+    where: list[str] | None = typer.Option(
+        None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"),
     request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
     reason: str = typer.Option("", "--reason", help="why the data must go"),
     allow_class_removal: bool = typer.Option(False, help="allow a whole class to vanish"),
 ) -> None:
-    """Run the `unlearn` flow for one deletion request; exit 1 with the reason when refused or rejected."""
+    """Run the `unlearn` flow for one request; exit 1 with the reason when refused or rejected."""
     quiet_prefect()
     import pydantic
 
@@ -115,45 +145,52 @@ def request_delete(
     try:
         request = DeletionRequest(**fields)
     except pydantic.ValidationError as error:
-        typer.echo(f"error: invalid request: {error}", err=True)
-        raise typer.Exit(2) from error
+        raise invalid("request", error) from error
+    settings = load_settings()
     from flows.unlearn import unlearn_flow
 
     try:
-        outcome = unlearn_flow(request.model_dump(mode="json"))
+        outcome = unlearn_flow(request.model_dump(mode="json"),
+                               settings.overrides())
     except Exception as error:
         typer.echo(f"request {request.request_id} not approved: {error}", err=True)
         raise typer.Exit(1) from error
-    typer.echo(json.dumps({k: outcome.get(k) for k in ("request_id", "state", "model_version")}))
+    keys = ("request_id", "state", "model_version", "parent_model_version", "duplicate")
+    typer.echo(json.dumps({k: outcome.get(k) for k in keys}))
 
 
 @app.command("requests")
 def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON array")) -> None:
     """List deletion requests with their state, flow run and model version."""
     from tasks.requests import RequestLedger
-    from tasks.settings import Settings
 
-    records = RequestLedger(Settings().ledger_path).list()
+    records = RequestLedger(load_settings().ledger_path).list()
     rows = [{"request_id": r.request_id, "state": r.state.value, "flow_run_id": r.flow_run_id,
              "model_version": r.model_version, "message": r.message,
+             "requested_at": r.request.requested_at.isoformat(),
              "updated_at": r.updated_at.isoformat()} for r in records]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        typer.echo(f"{row['request_id']:<32} {row['state']:<9} v{row['model_version'] or '-':<4} "
-                   f"{row['flow_run_id'] or '-':<38} {row['message'][:80]}")
+        version = f"v{row['model_version']}" if row["model_version"] else "-"
+        typer.echo(f"{row['request_id']:<32} {row['state']:<9} {version:<5} "
+                   f"{row['flow_run_id'] or '-':<37} {row['message'][:100]}")
 
 
 @app.command()
 def demo() -> None:
     """The main job on `digits`: train if needed, delete the faulty source's samples, review."""
     quiet_prefect()
+    settings = load_settings()
     from flows.demo import run_demo, summary
-    from tasks.settings import Settings
 
-    settings = Settings()
-    typer.echo(summary(settings, run_demo(settings)))
+    try:
+        result = run_demo(settings)
+    except Exception as error:
+        typer.echo(f"demo request not approved: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(summary(settings, result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from pydantic import BaseModel
 
 from tasks.requests import DeletionRequest
 from tasks.settings import Settings
@@ -12,45 +12,59 @@ DEMO_REQUEST = DeletionRequest(
     where={"source": "faulty"},
     reason="a faulty data source stamped a patch on its images and labelled them all class 0",
 )
+SHOWN_METRICS = ("TA", "RA", "UA", "forget_acc", "mia_efficacy", "bias_asr", "bias_corr")
 
 
-def run_demo(settings: Settings) -> dict:
+class DemoResult(BaseModel):
+    trained: bool
+    outcome: dict
+    champion_version: str
+
+
+def run_demo(settings: Settings) -> DemoResult:
     """Train the original if none is registered, then honour the demo's deletion request.
 
-    A second run finds the champion registered and the request approved, and does neither again.
+    The request id is fixed, so a second run finds the request approved and registers nothing.
     """
     from flows.train import train_flow
     from flows.unlearn import unlearn_flow
+    from tasks.registry import champion, client_for
 
-    overrides = settings.model_dump(mode="json", exclude_unset=True)
-    trained = train_flow(overrides)
-    unlearn_flow(DEMO_REQUEST.model_dump(mode="json"), overrides)
-    outcome_path = settings.home.resolve() / "outcomes" / f"{DEMO_REQUEST.request_id}.json"
-    return {"trained": trained, "outcome": json.loads(outcome_path.read_text())}
+    overrides = settings.overrides()
+    trained = train_flow(overrides)["trained"]
+    outcome = unlearn_flow(DEMO_REQUEST.model_dump(mode="json"), overrides)
+    current = champion(client_for(settings), settings)
+    return DemoResult(trained=trained, outcome=outcome, champion_version=str(current.version))
 
 
-def summary(settings: Settings, result: dict) -> str:
-    outcome = result["outcome"]
+def summary(settings: Settings, result: DemoResult) -> str:
+    outcome = result.outcome
     gates = outcome["gates"]
     before, after = gates["before"], gates["after"]
+    how = ("already approved by an earlier run; nothing registered again" if outcome["duplicate"]
+           else f"UIB took {outcome['unlearn_time_s']:.2f} s")
     lines = [
-        f"Deletion request {outcome['request_id']}: {outcome['state']} "
-        f"(UIB took {outcome['unlearn_time_s']:.2f} s)",
+        f"Original model: {'trained and registered' if result.trained else 'already registered'}",
+        f"Deletion request {outcome['request_id']} ({DEMO_REQUEST.where}): "
+        f"{outcome['state']} ({how})",
         "",
         f"{'metric':<14}{'before':>9}{'after':>9}",
     ]
-    for key in ("TA", "RA", "UA", "forget_acc", "mia_efficacy", "bias_asr", "bias_corr"):
+    for key in SHOWN_METRICS:
         if before.get(key) is not None:
             lines.append(f"{key:<14}{before[key]:>9.4f}{after[key]:>9.4f}")
     lines += ["", "Gates:"]
     for gate in gates["gates"]:
         mark = "pass" if gate["passed"] else "FAIL"
-        lines.append(f"  [{mark}] {gate['name']:<26} {gate['value']:.4f} vs {gate['threshold']:.4f}  {gate['rule']}")
+        lines.append(f"  [{mark}] {gate['name']:<26} {gate['value']:.4f} vs "
+                     f"{gate['threshold']:.4f}  {gate['rule']}")
     lines += [
         "",
-        f"Model {settings.model_name} version {outcome['model_version']} is now '{settings.champion_alias}'.",
-        f"Data version {outcome['data_versions']['before']['git_rev'][:10]} → "
-        f"{outcome['data_versions']['after']['git_rev'][:10]}; audit record: {outcome['audit_path']}",
+        f"The request made {settings.model_name} version {outcome['model_version']} (unlearned "
+        f"from version {outcome['parent_model_version']}); '{settings.champion_alias}' is now "
+        f"version {result.champion_version}.",
+        f"Data version {outcome['data_version_before']['git_rev'][:10]} → "
+        f"{outcome['data_version_after']['git_rev'][:10]}; audit record: {outcome['audit_path']}",
         "",
         "Review it in the MLflow UI:",
         f"  .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}",

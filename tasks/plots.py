@@ -10,7 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from uib.metrics import Metrics  # noqa: E402
+from uib.metrics import MembershipAttack, Metrics, mia_features  # noqa: E402
+from uib.samples import Samples  # noqa: E402
+from uib.train import predict_logits  # noqa: E402
 
 
 def per_class_accuracy(before: Metrics, after: Metrics) -> Figure:
@@ -52,30 +54,43 @@ def bias_probe(before: Metrics, after: Metrics) -> Figure:
 
 
 def loss_curves(curve: list[dict[str, float]]) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    keys = sorted({k for row in curve for k in row if k != "epoch"})
-    for key in keys:
-        ax.plot([row.get("epoch", i) for i, row in enumerate(curve)], [row.get(key, np.nan) for row in curve],
-                marker="o", label=key)
-    ax.set(xlabel="pass", ylabel="loss term", title="Unlearning loss terms per pass")
-    ax.legend()
+    """One panel per loss term: their scales differ by orders of magnitude."""
+    keys = sorted({k for row in curve for k in row if k != "epoch"}) or ["loss"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    steps = [row.get("epoch", i) for i, row in enumerate(curve)]
+    for ax, key in zip(axes[0], keys, strict=True):
+        ax.plot(steps, [row.get(key, np.nan) for row in curve], marker="o")
+        ax.set(xlabel="pass", title=key)
+    fig.suptitle("Unlearning loss terms per pass")
     fig.tight_layout()
     return fig
 
 
-def gap_against_time(results, title: str) -> Figure:
-    """Mean avg_gap (pp) against mean time_ratio per method, with std error bars."""
-    rows = results[results["method"] != "original"].groupby("method", sort=False)
-    stats = rows[["avg_gap", "time_ratio"]].agg(["mean", "std"]).fillna(0.0)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for method, row in stats.iterrows():
-        ax.errorbar(row[("time_ratio", "mean")], row[("avg_gap", "mean")], xerr=row[("time_ratio", "std")],
-                    yerr=row[("avg_gap", "std")], fmt="o", capsize=3,
-                    color="crimson" if method.startswith("uib") else "steelblue")
-        ax.annotate(method, (row[("time_ratio", "mean")], row[("avg_gap", "mean")]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.set(xscale="log", xlabel="time_ratio (method / retrain, log scale)", ylabel="avg_gap to retrain (pp)",
-           title=f"Closeness to retrain against cost: {title}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+def mia_member_probabilities(models: dict, retain: Samples, test: Samples,
+                             forget: Samples) -> dict[str, dict[str, np.ndarray]]:
+    """Per model, the attack's member probability on retain, test and forget samples.
+
+    Each model gets its own attack, fit as `uib.metrics.evaluate` fits it (retain vs test).
+    """
+    out = {}
+    for name, model in models.items():
+        feats = {part: mia_features(predict_logits(model, s.x), s.y)
+                 for part, s in (("retain", retain), ("test", test), ("forget", forget))}
+        attack = MembershipAttack(feats["retain"], feats["test"])
+        out[name] = {part: attack.member_probability(f) for part, f in feats.items()}
+    return out
+
+
+def request_figures(original, candidate, gates, report, retain: Samples, test: Samples,
+                    forget: Samples) -> dict[str, Figure]:
+    """Every figure logged with a request's candidate, by artifact name."""
+    models = {"before": original, "after": candidate}
+    scores = mia_member_probabilities(models, retain, test, forget)
+    figures = {
+        "per_class_accuracy": per_class_accuracy(gates.before, gates.after),
+        "mia_histograms": mia_histograms(scores),
+        "loss_curves": loss_curves(report.loss_curve),
+    }
+    if gates.after.bias_asr is not None:
+        figures["bias_probe"] = bias_probe(gates.before, gates.after)
+    return figures

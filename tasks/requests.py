@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import sqlite3
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.data_versioning import DataRepo
 from uib.data import Dataset
-from uib.scenarios import select_forget
+from uib.scenarios import ScenarioConfig, select_forget
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -65,6 +68,10 @@ class DeletionRequest(BaseModel):
         return self
 
 
+class RequestBusy(RuntimeError):
+    """Another run is working on the same request right now."""
+
+
 class RequestState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -80,6 +87,7 @@ class RequestRecord(BaseModel):
     flow_run_id: str | None = None
     model_version: str | None = None
     message: str = ""
+    outcome: dict | None = None
     updated_at: datetime
 
     @property
@@ -96,6 +104,7 @@ CREATE TABLE IF NOT EXISTS requests (
     flow_run_id TEXT,
     model_version TEXT,
     message TEXT NOT NULL DEFAULT '',
+    outcome_json TEXT,
     updated_at TEXT NOT NULL
 )
 """
@@ -113,6 +122,9 @@ class RequestLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db, db:
             db.execute(SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
+            if "outcome_json" not in columns:  # a ledger written before outcomes were kept
+                db.execute("ALTER TABLE requests ADD COLUMN outcome_json TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
@@ -122,35 +134,63 @@ class RequestLedger:
     def submit(self, request: DeletionRequest) -> tuple[RequestRecord, bool]:
         """(record, created): `created` is False when the id was already in the ledger."""
         with closing(self._connect()) as db, db:
-            row = db.execute("SELECT * FROM requests WHERE request_id = ?", (request.request_id,)).fetchone()
+            row = db.execute("SELECT * FROM requests WHERE request_id = ?",
+                             (request.request_id,)).fetchone()
             if row is not None:
                 existing = self._record(row)
-                if existing.request.model_dump(exclude={"requested_at"}) != request.model_dump(exclude={"requested_at"}):
+                when = {"requested_at"}
+                if existing.request.model_dump(exclude=when) != request.model_dump(exclude=when):
                     raise ValueError(f"request_id {request.request_id!r} is already in the ledger "
                                      "with other content; use a new request_id")
                 return existing, False
             db.execute(
-                "INSERT INTO requests (request_id, state, request_json, updated_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO requests (request_id, state, request_json, updated_at) "
+                "VALUES (?, ?, ?, ?)",
                 (request.request_id, RequestState.PENDING, request.model_dump_json(), now()),
             )
         return self.get(request.request_id), True
 
+    @contextmanager
+    def exclusive(self, request_id: str) -> Iterator[None]:
+        """Held while a run works on `request_id`; a concurrent run of it is refused.
+
+        An OS file lock rather than a ledger state: the OS drops it when the process dies, so
+        a crashed run never blocks its own rerun.
+        """
+        path = self.path.parent / "locks" / f"{request_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RequestBusy(
+                    f"request {request_id!r} is being processed by another run") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def get(self, request_id: str) -> RequestRecord:
         with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+            row = db.execute("SELECT * FROM requests WHERE request_id = ?",
+                             (request_id,)).fetchone()
         if row is None:
             raise KeyError(f"request_id {request_id!r} is not in the ledger")
         return self._record(row)
 
     def update(self, request_id: str, state: RequestState, message: str | None = None,
-               flow_run_id: str | None = None, model_version: str | None = None) -> RequestRecord:
+               flow_run_id: str | None = None, model_version: str | None = None,
+               outcome: dict | None = None) -> RequestRecord:
+        """Set the state; every other field given replaces the stored one."""
         self.get(request_id)
         with closing(self._connect()) as db, db:
             db.execute(
                 "UPDATE requests SET state = ?, message = COALESCE(?, message), "
-                "flow_run_id = COALESCE(?, flow_run_id), model_version = COALESCE(?, model_version), "
-                "updated_at = ? WHERE request_id = ?",
-                (state, message, flow_run_id, model_version, now(), request_id),
+                "flow_run_id = COALESCE(?, flow_run_id), "
+                "model_version = COALESCE(?, model_version), "
+                "outcome_json = COALESCE(?, outcome_json), updated_at = ? WHERE request_id = ?",
+                (state, message, flow_run_id, model_version,
+                 None if outcome is None else json.dumps(outcome), now(), request_id),
             )
         return self.get(request_id)
 
@@ -169,6 +209,7 @@ class RequestLedger:
             request=DeletionRequest.model_validate(json.loads(row["request_json"])),
             flow_run_id=row["flow_run_id"], model_version=row["model_version"],
             message=row["message"], updated_at=row["updated_at"],
+            outcome=json.loads(row["outcome_json"]) if row["outcome_json"] else None,
         )
 
 
@@ -176,12 +217,32 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resolved:
+    """A request resolved on the data version it applies to."""
+
     dataset: Dataset
-    scenario: object
+    scenario: ScenarioConfig | None
     forget_ids: list[str]
     data_rev: str
+
+    def manifests(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(original, retain, forget): the manifests the new version would have, and its slice."""
+        manifest = self.dataset.manifest
+        forget = manifest["sample_id"].isin(self.forget_ids)
+        return manifest, manifest[~forget], manifest[forget]
+
+    def removes_bias_slice(self) -> bool:
+        """A patch-bias request: it takes every patched training sample of a patch-bias dataset.
+
+        Only then must the shortcut vanish; part of the slice is an ordinary request.
+        """
+        if self.scenario is None or self.scenario.name != "patch-bias":
+            return False
+        manifest = self.dataset.manifest
+        patched = manifest.loc[(manifest["split"] == "train") & manifest["patched"].astype(bool),
+                               "sample_id"]
+        return bool(len(patched)) and set(patched.astype(str)) <= set(self.forget_ids)
 
 
 @task(name="resolve-request", cache_policy=NO_CACHE)
@@ -192,16 +253,10 @@ def resolve_request(request: DeletionRequest, repo_root: str | Path) -> Resolved
     """
     repo = DataRepo(repo_root)
     done = repo.find_request(request.request_id)
-    rev = f"{done}~1" if done else repo.current().git_rev
+    rev = f"{done}~1" if done else None
     dataset, scenario = repo.load(rev)
     if request.sample_ids is not None:
         ids = select_forget(dataset.manifest, ids=request.sample_ids)
     else:
         ids = select_forget(dataset.manifest, where=request.where)
-    return Resolved(dataset, scenario, [str(i) for i in ids], repo.version(rev).git_rev)
-
-
-def split_manifests(resolved: Resolved):
-    manifest = resolved.dataset.manifest
-    forget = manifest["sample_id"].isin(resolved.forget_ids)
-    return manifest, manifest[~forget], manifest[forget]
+    return Resolved(dataset, scenario, [str(i) for i in ids], repo.version(rev or "HEAD").git_rev)

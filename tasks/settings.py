@@ -11,7 +11,15 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.validation import ShiftPolicy
@@ -26,7 +34,8 @@ class GateConfig(BaseModel):
     max_ta_drop_pp: float = Field(1.0, description="TA ≥ TA_original − this (pp)")
     max_ra_drop_pp: float = Field(1.0, description="RA ≥ RA_original − this (pp)")
     forget_acc_margin_pp: float = Field(2.0, description="forget accuracy ≤ TA + this (pp)")
-    mia_fraction: float = Field(0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level")
+    mia_fraction: float = Field(
+        0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level")
     bias_asr_ceiling: float = Field(0.1, description="bias_asr ≤ this, for patch-bias requests")
 
 
@@ -35,7 +44,6 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".uib"), description="the state folder")
     dvc_remote: str | None = Field(None, description="DVC remote URL; default <home>/dvc-remote")
-    dvc_endpoint_url: str | None = Field(None, description="S3-compatible endpoint of the remote")
     model_name: str = "uib-classifier"
     champion_alias: str = "champion"
     experiment: str = "uib-unlearning"
@@ -48,40 +56,74 @@ class Settings(BaseSettings):
     device: str = "auto"
     gates: GateConfig = Field(default_factory=GateConfig)
     shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
-    audit_salt: str | None = Field(None, description="default: a random salt kept in <home>/salt")
+    audit_salt: SecretStr | None = Field(
+        None, description="default: a random salt kept in <home>/salt")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, home: Path) -> Path:
+        """Resolved once, so flows handed these settings use the same folder from any cwd."""
+        return home.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _known_method(self) -> Settings:
+        """An unknown method or config key fails here, naming it, before any run starts."""
+        from uib import methods
+
+        config_cls = methods.get(self.method).config_cls
+        try:
+            config_cls.model_validate(self.method_config)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in error.errors())
+            raise ValueError(f"method_config for {self.method!r}: {problems}") from None
+        return self
+
+    def overrides(self) -> dict:
+        """The explicitly set fields as JSON, to hand to a flow run as its `settings` parameter.
+
+        Secrets stay out: flow parameters are stored and shown by the Prefect server, and the
+        process running the flow reads them from its own environment.
+        """
+        return self.model_dump(mode="json", exclude_unset=True, exclude={"audit_salt"})
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> Path:
-        return self.home.resolve() / "mlartifacts"
+        return self.home / "mlartifacts"
 
     @property
     def data_repo(self) -> Path:
-        return self.home.resolve() / "data-repo"
+        return self.home / "data-repo"
 
     @property
     def remote_url(self) -> str:
-        return self.dvc_remote or str(self.home.resolve() / "dvc-remote")
+        return self.dvc_remote or str(self.home / "dvc-remote")
 
     @property
     def ledger_path(self) -> Path:
-        return self.home.resolve() / "requests.db"
+        return self.home / "requests.db"
 
     @property
     def audit_dir(self) -> Path:
-        return self.home.resolve() / "audit"
+        return self.home / "audit"
+
+    @property
+    def results_dir(self) -> Path:
+        """Prefect's persisted task results (the unlearned candidates), a folder per request."""
+        return self.home / "results"
 
     def stage_dir(self, request_id: str) -> Path:
-        return self.home.resolve() / "stage" / request_id
+        return self.home / "stage" / request_id
 
     def salt(self) -> str:
         """The audit salt: configured, or made once and kept private in the state folder."""
         if self.audit_salt:
-            return self.audit_salt
-        path = self.home.resolve() / "salt"
+            return self.audit_salt.get_secret_value()
+        path = self.home / "salt"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))

@@ -1,13 +1,20 @@
-"""The unlearning stage: the GPU task, limited to one run at a time per `gpu` tag."""
+"""The unlearning stage: the GPU task, limited to one run at a time per `gpu` tag.
+
+Its result (the candidate model and the report) is persisted under `<home>/results` with a key
+made of the request id, the parent model version, the data version and the method config, so a
+rerun after a crash later in the flow takes the candidate back instead of unlearning again.
+"""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from torch import nn
 
 import uib
-from tasks.registry import load_version
+from tasks.registry import config_hash, load_version
 from tasks.settings import Settings
+from uib.api import UnlearnReport
 from uib.device import select_device
 from uib.samples import Samples
 from uib.train import TrainConfig
@@ -35,14 +42,31 @@ def ensure_gpu_limit(limit: int = 1) -> None:
 @task(name="unlearn", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, timeout_seconds=3600,
       cache_policy=NO_CACHE)
 def unlearn_task(settings: Settings, model_version: str, forget: Samples, retain: Samples,
-                 validation: Samples, recipe: TrainConfig):
-    """The GPU task: the champion from the registry, `uib.unlearn` on CUDA when present."""
+                 validation: Samples, recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
+    """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU."""
     original = load_version(settings, model_version)
     device = select_device(settings.device)
     candidate, report = uib.unlearn(
         original, forget, retain, settings.method, settings.method_config,
-        train_config=recipe, validation=validation, device=device,
-        seed=settings.scenario.seed,
+        train_config=recipe, validation=validation, device=device, seed=settings.scenario.seed,
     )
-    get_run_logger().info("%s on %s: %.2f s %s", settings.method, device, report.time_s, report.phase_seconds)
-    return original, candidate.cpu().eval(), report
+    get_run_logger().info("%s on %s: %.2f s %s", settings.method, device, report.time_s,
+                          report.phase_seconds)
+    return candidate.cpu().eval(), report
+
+
+def run_unlearning(settings: Settings, request_id: str, model_version: str, data_md5: str,
+                   forget: Samples, retain: Samples, validation: Samples,
+                   recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
+    """`unlearn_task` with its result persisted under a key naming everything it depends on.
+
+    One folder per request, removed when the request is approved.
+    """
+    key = "-".join([f"v{model_version}", data_md5.removesuffix(".dir"),
+                    settings.method, config_hash(settings.method_config),
+                    config_hash(recipe.model_dump()), f"seed{settings.scenario.seed}"])
+    persisted = unlearn_task.with_options(
+        cache_policy=CachePolicy.from_cache_key_fn(lambda *_: key), persist_result=True,
+        result_storage=settings.results_dir / request_id,
+    )
+    return persisted(settings, model_version, forget, retain, validation, recipe)

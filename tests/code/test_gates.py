@@ -32,7 +32,8 @@ def test_failed_gates_are_named_with_their_shortfall():
 
 
 def test_nan_metrics_and_broken_models_never_pass():
-    report = apply_gates(metrics(), metrics(TA=float("nan"), forget_acc=0.0), GateConfig(), False, sane=False)
+    after = metrics(TA=float("nan"), forget_acc=0.0)
+    report = apply_gates(metrics(), after, GateConfig(), False, sane=False)
     assert {g.name for g in report.failed} >= {"test_accuracy_retained", "sanity"}
 
 
@@ -41,3 +42,19 @@ def test_thresholds_come_from_configuration():
     strict = apply_gates(metrics(), after, GateConfig(), True, True)
     lenient = apply_gates(metrics(), after, GateConfig(max_ta_drop_pp=6.0), True, True)
     assert not strict.passed and lenient.passed
+
+
+def test_the_report_names_each_gate_with_its_shortfall():
+    after = metrics(TA=0.90, forget_acc=0.0, bias_asr=0.25)
+    report = apply_gates(metrics(), after, GateConfig(), True, True).model_dump(mode="json")
+    by_name = {g["name"]: g for g in report["gates"]}
+    assert by_name["bias_asr"] == {**by_name["bias_asr"], "value": 0.25, "threshold": 0.1,
+                                   "passed": False}
+    assert abs(by_name["bias_asr"]["shortfall"] - 0.15) < 1e-9
+    assert by_name["sanity"]["shortfall"] == 0.0
+
+
+def test_a_missing_bias_probe_fails_the_bias_gate():
+    after = metrics(bias_asr=None, forget_acc=0.0)
+    report = apply_gates(metrics(), after, GateConfig(), True, True)
+    assert [g.name for g in report.failed] == ["bias_asr"]

@@ -1,6 +1,13 @@
-"""End to end: the train and unlearn flows against real Prefect, MLflow, DVC and GX."""
+"""End to end: the train and unlearn flows against real Prefect, MLflow, DVC and GX.
 
-import os
+The original is trained once for the module by the real `train` flow, in a state folder that
+the tests of refused requests share (a refusal changes nothing but the ledger). Every test that
+changes state gets a folder of its own, whose `train` flow registers a copy of that model
+instead of training again (versioning the data and registering for real).
+"""
+
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,30 +21,62 @@ from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 from uib.data import load_dataset
 from uib.scenarios import build_scenario
+from uib.train import TrainHistory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FAULTY = DeletionRequest(request_id="remove-faulty", where={"source": "faulty"},
+                         reason="faulty source")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    """One temporary Prefect server (SQLite) for the module; flows report to it."""
+    """One temporary Prefect server (SQLite) for the module; MLflow on each test's SQLite."""
     from prefect.testing.utilities import prefect_test_harness
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("UIB_HOME", raising=False)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Settings:
+    """A state folder where the real `train` flow versioned the data and registered v1."""
+    from flows.train import train_flow
+
+    settings = Settings(home=tmp_path_factory.mktemp("trained") / "uib")
+    result = train_flow(settings.overrides())
+    assert result == {"model_version": "1", "trained": True}
+    assert DataRepo(settings.data_repo).current().dvc_md5 == shipped_md5()
+    return settings
+
+
+@pytest.fixture(scope="module")
+def original(trained):
+    from tasks.registry import load_version
+
+    return load_version(trained, "1")
+
+
+def shipped_md5() -> str:
+    text = (Path(__file__).resolve().parents[2] / "data.dvc").read_text()
+    return next(line.split()[-1] for line in text.splitlines() if "md5:" in line)
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A fresh state folder with the original trained and registered as champion."""
+def home(tmp_path, monkeypatch, original) -> Settings:
+    """A fresh state folder: data versioned, the original registered as champion v1."""
+    import flows.train
     from flows.train import train_flow
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = {"home": str(tmp_path / "uib")}
-    result = train_flow(settings)
-    assert result == {**result, "model_version": "1", "trained": True}
-    return Settings(**settings)
+    monkeypatch.setattr(flows.train, "train_original",
+                        lambda scenario, settings: (copy.deepcopy(original), TrainHistory()))
+    settings = Settings(home=tmp_path / "uib")
+    assert train_flow(settings.overrides()) == {"model_version": "1", "trained": True}
+    return settings
 
 
 def client_of(settings: Settings) -> MlflowClient:
@@ -47,22 +86,26 @@ def client_of(settings: Settings) -> MlflowClient:
 
 
 def champion_version(settings: Settings) -> str:
-    return str(client_of(settings).get_model_version_by_alias(settings.model_name, "champion").version)
+    client = client_of(settings)
+    return str(client.get_model_version_by_alias(settings.model_name, "champion").version)
 
 
 def versions(settings: Settings) -> list[str]:
-    return sorted(str(v.version) for v in client_of(settings).search_model_versions(f"name = '{settings.model_name}'"))
+    found = client_of(settings).search_model_versions(f"name = '{settings.model_name}'")
+    return sorted(str(v.version) for v in found)
 
 
-FAULTY = DeletionRequest(request_id="remove-faulty", where={"source": "faulty"}, reason="faulty source")
+def run(request: DeletionRequest, settings: Settings, **overrides) -> dict:
+    from flows.unlearn import unlearn_flow
+
+    return unlearn_flow(request.model_dump(mode="json"), {**settings.overrides(), **overrides})
 
 
 def test_approved_request_moves_the_champion_records_everything_and_runs_once(home):
     from flows.train import train_flow
-    from flows.unlearn import unlearn_flow
 
     data_before = DataRepo(home.data_repo).current()
-    outcome = unlearn_flow(FAULTY.model_dump(mode="json"), {"home": str(home.home)})
+    outcome = run(FAULTY, home)
     assert outcome["state"] == "approved" and outcome["model_version"] == "2"
     assert champion_version(home) == "2"
 
@@ -70,23 +113,34 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     version = client.get_model_version(home.model_name, "2")
     data_after = DataRepo(home.data_repo).current()
     assert data_after.git_rev != data_before.git_rev
+    assert data_after.n_train == data_before.n_train - 123
     assert version.tags["request_id"] == "remove-faulty"
     assert version.tags["data_version_before"] == data_before.git_rev
     assert version.tags["data_version_after"] == data_after.git_rev
     assert version.tags["method"] == "uib" and len(version.tags["config_hash"]) == 16
+    assert version.tags["gates"] == "passed" and "rejected" not in version.tags
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"gx_validation_result.json", "gate_report.json", "remove-faulty.json"} <= artifacts
+    assert {"gx_validation_result.json", "gate_report.json", "shift_validation.md",
+            "unlearn_report.json", "audit"} <= artifacts
+    audit = json.loads(Path(client.download_artifacts(version.run_id, "audit/remove-faulty.json"))
+                       .read_text())
+    assert audit["model_version_after"] == "2" and audit["n_forgotten"] == 123
+    gx = json.loads(Path(client.download_artifacts(version.run_id, "gx_validation_result.json"))
+                    .read_text())
+    assert gx["success"] is True
     plots = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert {"plots/per_class_accuracy.png", "plots/mia_histograms.png", "plots/bias_probe.png",
             "plots/loss_curves.png"} <= plots
-    run = client.get_run(version.run_id)
-    assert run.data.metrics["after_bias_asr"] <= 0.1 < run.data.metrics["before_bias_asr"]
+    metrics = client.get_run(version.run_id).data.metrics
+    assert metrics["after_bias_asr"] <= 0.1 < metrics["before_bias_asr"]
 
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.APPROVED and record.model_version == "2"
+    assert record.outcome["model_version"] == "2"
     outcome_md = Artifact.get("request-remove-faulty").data
     assert "**approved**" in outcome_md and "| bias_asr |" in outcome_md
     assert "Data shift validation passed" in Artifact.get("shift-remove-faulty").data
+    assert not (home.results_dir / "remove-faulty").exists()
 
     # erased: no byte sequence of a forgotten image in the DVC cache, the remote or the stage
     scenario = build_scenario(load_dataset("digits"), home.scenario)
@@ -100,56 +154,103 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     assert np.array_equal(retained.train.x, scenario.dataset.train.drop(scenario.forget_ids).x)
 
     # the same request again: acknowledged, nothing registered or versioned twice
-    again = unlearn_flow(FAULTY.model_dump(mode="json"), {"home": str(home.home)})
+    again = run(FAULTY, home)
     assert again["duplicate"] is True and again["model_version"] == "2"
     assert versions(home) == ["1", "2"]
     assert DataRepo(home.data_repo).current().git_rev == data_after.git_rev
-    assert train_flow({"home": str(home.home)})["trained"] is False
+    assert train_flow(home.overrides())["trained"] is False
 
 
 def test_a_failed_gate_keeps_the_champion_and_the_request_open(home):
-    from flows.unlearn import GatesFailed, unlearn_flow
+    from flows.unlearn import GatesFailed, RequestRefused
 
-    impossible = {"home": str(home.home), "gates": {"max_ta_drop_pp": -50.0}}
     with pytest.raises(GatesFailed, match="test_accuracy_retained"):
-        unlearn_flow(FAULTY.model_dump(mode="json"), impossible)
+        run(FAULTY, home, gates={"max_ta_drop_pp": -50.0})
     assert champion_version(home) == "1"
     rejected = client_of(home).get_model_version(home.model_name, "2")
     assert "test_accuracy_retained" in rejected.tags["rejected"]
+    assert rejected.tags["gates"] == "failed"
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.REJECTED and record.is_open
-    assert "test_accuracy_retained" in record.message
+    assert "test_accuracy_retained" in record.message and record.model_version == "2"
     assert not (home.audit_dir / "remove-faulty.json").exists()
     outcome_md = Artifact.get("request-remove-faulty").data
     assert "**rejected**" in outcome_md and "**FAIL**" in outcome_md
 
+    # while it is open, the data is ahead of the champion: another request must wait
+    other = DeletionRequest(request_id="other", sample_ids=["digits-train-00003"])
+    with pytest.raises(RequestRefused, match="ahead of the champion"):
+        run(other, home)
+    assert versions(home) == ["1", "2"]
 
-@pytest.mark.parametrize(("request_fields", "reason"), [
-    ({"where": {"original_label": "3"}}, "no class removed"),
-    ({"sample_ids": ["digits-train-00001", "digits-train-99999"]}, "digits-train-99999"),
-    ({"where": {"colour": "red"}}, "colour"),
+    # reviewed and run again with the default gates: approved, the candidate taken back from
+    # the persisted task result rather than unlearned again
+    cached = list((home.results_dir / "remove-faulty").iterdir())
+    assert len(cached) == 1
+    outcome = run(FAULTY, home)
+    assert outcome["state"] == "approved" and outcome["model_version"] == "3"
+    assert champion_version(home) == "3" and versions(home) == ["1", "2", "3"]
+    assert outcome["parent_model_version"] == "1"
+
+
+@pytest.mark.parametrize(("request_id", "request_fields", "reason"), [
+    ("whole-class", {"where": {"original_label": "3"}}, "no class removed"),
+    ("unknown-id", {"sample_ids": ["digits-train-00001", "digits-train-99999"]},
+     "digits-train-99999"),
+    ("unknown-attribute", {"where": {"colour": "red"}}, "colour"),
 ])
-def test_a_refused_request_versions_nothing_and_registers_nothing(home, request_fields, reason):
-    from flows.unlearn import RequestRefused, unlearn_flow
+def test_a_refused_request_versions_nothing_and_registers_nothing(trained, request_id,
+                                                                  request_fields, reason):
+    from flows.unlearn import RequestRefused
 
-    data_before = DataRepo(home.data_repo).current()
-    request = DeletionRequest(request_id="refuse-me", **request_fields)
+    data_before = DataRepo(trained.data_repo).current()
+    request = DeletionRequest(request_id=request_id, **request_fields)
     with pytest.raises(RequestRefused, match=reason):
-        unlearn_flow(request.model_dump(mode="json"), {"home": str(home.home)})
-    assert DataRepo(home.data_repo).current() == data_before
-    assert versions(home) == ["1"]
-    record = RequestLedger(home.ledger_path).get("refuse-me")
+        run(request, trained)
+    assert DataRepo(trained.data_repo).current() == data_before
+    assert versions(trained) == ["1"] and champion_version(trained) == "1"
+    record = RequestLedger(trained.ledger_path).get(request_id)
     assert record.state == RequestState.REJECTED and reason in record.message
 
 
-def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(home, monkeypatch):
-    import json
+def test_a_rerun_after_crashes_finishes_the_request_exactly_once(home, monkeypatch):
+    import flows.unlearn
+    import tasks.registry
 
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    # 1. crash after the candidate is registered, before `champion` moves
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.registry, "promote", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(FAULTY, home)
+    assert RequestLedger(home.ledger_path).get("remove-faulty").state == RequestState.FAILED
+    assert champion_version(home) == "1" and versions(home) == ["1", "2"]
+
+    # 2. the rerun promotes that candidate, then crashes before erasure
+    with monkeypatch.context() as patch:
+        patch.setattr(flows.unlearn, "erase_and_audit", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(FAULTY, home)
+    assert champion_version(home) == "2" and versions(home) == ["1", "2"]
+    assert not (home.audit_dir / "remove-faulty.json").exists()
+
+    # 3. the last rerun erases and approves; nothing was registered twice
+    outcome = run(FAULTY, home)
+    assert outcome["state"] == "approved" and outcome["model_version"] == "2"
+    assert versions(home) == ["1", "2"] and champion_version(home) == "2"
+    audit = json.loads((home.audit_dir / "remove-faulty.json").read_text())
+    assert audit["model_version_before"] == "1" and audit["model_version_after"] == "2"
+    assert len(DataRepo(home.data_repo).history()) == 2
+
+
+def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(trained, monkeypatch):
     from typer.testing import CliRunner
 
     from flows.cli import app
 
-    monkeypatch.setenv("UIB_HOME", str(home.home))
+    monkeypatch.setenv("UIB_HOME", str(trained.home))
     runner = CliRunner()
     refused = runner.invoke(app, ["request", "delete", "--ids", "digits-train-99999",
                                   "--request-id", "cli-1", "--reason", "user asked"])
@@ -157,27 +258,22 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(home, 
     assert "cli-1 not approved" in refused.output and "digits-train-99999" in refused.output
     bad = runner.invoke(app, ["request", "delete", "--where", "source"])
     assert bad.exit_code == 2 and "ATTR=VALUE" in bad.output
+    invalid = runner.invoke(app, ["request", "delete", "--ids", "a", "--request-id", "../x"])
+    assert invalid.exit_code == 2 and "request_id" in invalid.output
     listed = runner.invoke(app, ["requests", "--json"])
     assert listed.exit_code == 0
-    rows = json.loads(listed.output)
-    assert [(r["request_id"], r["state"]) for r in rows] == [("cli-1", "rejected")]
-    assert rows[0]["flow_run_id"]
+    rows = {r["request_id"]: r for r in json.loads(listed.output)}
+    assert rows["cli-1"]["state"] == "rejected" and rows["cli-1"]["flow_run_id"]
+    assert "digits-train-99999" in rows["cli-1"]["message"]
 
 
-def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path, monkeypatch):
-    from flows.benchmark import benchmark_flow
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = Settings(home=tmp_path / "uib")
-    config = {"dataset": "digits", "scenario": "patch-bias", "methods": ["uib"], "seeds": [0], "epochs": 5}
-    result = benchmark_flow(config, str(tmp_path / "out"), {"home": str(settings.home)})
-    assert result["rows"] == 3
-    client = client_of(settings)
-    children = client.search_runs([client.get_experiment_by_name(settings.experiment).experiment_id],
-                                  f"tags.mlflow.parentRunId = '{result['run_id']}'")
-    assert sorted(r.data.tags["method"] for r in children) == ["original", "retrain", "uib"]
-    uib_run = next(r for r in children if r.data.tags["method"] == "uib")
-    assert {"time_ratio", "avg_gap", "bias_asr"} <= set(uib_run.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
-    assert {"results.csv", "results.md"} <= artifacts
-    assert [a.path for a in client.list_artifacts(result["run_id"], "plots")] == ["plots/avg_gap_vs_time_ratio.png"]
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("UIB_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("UIB_GATES__BIAS_ASR_CEILING", "0.05")
+    monkeypatch.setenv("UIB_DVC_REMOTE", "s3://bucket/uib")
+    settings = Settings()
+    assert settings.home == tmp_path / "state" and settings.gates.bias_asr_ceiling == 0.05
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
+    assert settings.remote_url == "s3://bucket/uib"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert Settings().tracking_uri == "http://mlflow:5000"
