@@ -94,3 +94,21 @@ def request_figures(original, candidate, gates, report, retain: Samples, test: S
     if gates.after.bias_asr is not None:
         figures["bias_probe"] = bias_probe(gates.before, gates.after)
     return figures
+
+
+def gap_against_time(results, title: str) -> Figure:
+    """Mean avg_gap (pp) against mean time_ratio per method, with std error bars."""
+    rows = results[results["method"] != "original"].groupby("method", sort=False)
+    stats = rows[["avg_gap", "time_ratio"]].agg(["mean", "std"]).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, row in stats.iterrows():
+        ax.errorbar(row[("time_ratio", "mean")], row[("avg_gap", "mean")], xerr=row[("time_ratio", "std")],
+                    yerr=row[("avg_gap", "std")], fmt="o", capsize=3,
+                    color="crimson" if method.startswith("uib") else "steelblue")
+        ax.annotate(method, (row[("time_ratio", "mean")], row[("avg_gap", "mean")]), fontsize=8,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel="time_ratio (method / retrain, log scale)", ylabel="avg_gap to retrain (pp)",
+           title=f"Closeness to retrain against cost: {title}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
