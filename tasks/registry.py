@@ -147,8 +147,6 @@ def gate_report_of(version: ModelVersion) -> GateReport:
 def log_request_run(request: DeletionRequest, report: UnlearnReport, gates: GateReport,
                     validation: ValidationReport, figures: dict) -> None:
     """Params, metrics, reports and figures of one request, in the active run."""
-    import matplotlib.pyplot as plt
-
     mlflow.set_tags({"request_id": request.request_id, "reason": request.reason})
     mlflow.log_params({"method": report.method,
                        **{f"{report.method}.{k}": v for k, v in report.config.items()}})
@@ -164,6 +162,13 @@ def log_request_run(request: DeletionRequest, report: UnlearnReport, gates: Gate
     mlflow.log_dict(report.model_dump(mode="json"), "unlearn_report.json")
     mlflow.log_dict(validation.gx_result, "gx_validation_result.json")
     mlflow.log_text(validation.to_markdown(), "shift_validation.md")
+    log_figures(figures)
+
+
+def log_figures(figures: dict) -> None:
+    """Each figure as `plots/<name>.png` in the active run, then closed."""
+    import matplotlib.pyplot as plt
+
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"plots/{name}.png")
         plt.close(fig)

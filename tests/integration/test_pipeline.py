@@ -277,3 +277,23 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.remote_url == "s3://bucket/uib"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert Settings().tracking_uri == "http://mlflow:5000"
+
+
+def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path):
+    from flows.benchmark import benchmark_flow
+
+    settings = Settings(home=tmp_path / "uib")
+    config = {"dataset": "digits", "scenario": "patch-bias", "methods": ["uib"], "seeds": [0],
+              "epochs": 5}
+    result = benchmark_flow(config, str(tmp_path / "out"), settings.overrides())
+    assert result["rows"] == 3
+    client = client_of(settings)
+    experiment = client.get_experiment_by_name(settings.experiment).experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(r.data.tags["method"] for r in children) == ["original", "retrain", "uib"]
+    uib_run = next(r for r in children if r.data.tags["method"] == "uib")
+    assert {"time_ratio", "avg_gap", "bias_asr"} <= set(uib_run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"results.csv", "results.md"} <= artifacts
+    plots = [a.path for a in client.list_artifacts(result["run_id"], "plots")]
+    assert plots == ["plots/avg_gap_vs_time_ratio.png"]
