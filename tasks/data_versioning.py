@@ -36,6 +36,7 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
+from tasks.quiet import quiet_logger
 from uib.data import Dataset
 from uib.samples import DataError, Samples
 from uib.scenarios import ScenarioConfig
@@ -147,16 +148,9 @@ def as_id_array(ids: Iterable[str], field: str = "ids") -> np.ndarray:
 # --------------------------------------------------------------------------- processes
 
 
-@contextmanager
-def _quiet_dvc() -> Iterator[None]:
+def _quiet_dvc():
     """Silence DVC's 'now run git add' hints; warnings and errors still show."""
-    log = logging.getLogger("dvc")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+    return quiet_logger("dvc", logging.WARNING)
 
 
 @contextmanager

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import mlflow
 import numpy as np
@@ -28,6 +26,7 @@ from torch import nn
 
 from tasks import plots
 from tasks.evaluation import GateReport
+from tasks.quiet import quiet_logger
 from tasks.requests import DeletionRequest
 from tasks.settings import Settings
 from tasks.validation import ValidationReport
@@ -104,18 +103,11 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
+def _quiet(logger_name: str):
     """Silence a logger for one call (MLflow warns on every pickled model; ours are our own
     classes, and `pt2` would load back as an ExportedProgram rather than the module the
     pipeline continues from)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet_logger(logger_name, logging.ERROR)
 
 
 def log_model(model: nn.Module, settings: Settings, example: np.ndarray,

@@ -26,10 +26,3 @@ def prior_kl(params: dict[str, torch.Tensor], prior: dict[str, LayerPrior], sigm
 def prior_pull(params: dict[str, torch.Tensor], prior: dict[str, LayerPrior]) -> torch.Tensor:
     """½ Σ Λ (m − μ)²: the part of Σ KL(q ‖ p) that depends on m (σ fixed), cheap per step."""
     return 0.5 * sum((p.precision * (params[k] - p.mean) ** 2).sum() for k, p in prior.items())
-
-
-def sample_parameters(params: dict[str, torch.Tensor], sigma: float) -> dict[str, torch.Tensor]:
-    """θ = m + σ ⊙ ε: one reparameterised draw from q, differentiable in m."""
-    if sigma == 0:
-        return dict(params)
-    return {k: v + sigma * torch.randn_like(v) for k, v in params.items()}
