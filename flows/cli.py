@@ -21,12 +21,14 @@ def benchmark(
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
     scenario: str = typer.Option("patch-bias", help="patch-bias | corruption | class | random"),
     methods: str = typer.Option("retrain,finetune,influence,uib", help="comma-separated registry names"),
-    seeds: int = typer.Option(3, min=1, help="seeds 0..N-1"),
+    seeds: int = typer.Option(3, min=1, help="how many seeds"),
+    first_seed: int = typer.Option(0, min=0, help="seeds first_seed..first_seed+N-1 (leave tuning seeds out)"),
     fraction: float = typer.Option(0.1, help="scenario fraction"),
     corruption: str = typer.Option("fog", help="corruption kind (corruption scenario)"),
     epochs: int | None = typer.Option(None, help="override the recipe's epochs (not for reports)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/benchmark"), help="output directory"),
+    set_: list[str] = typer.Option([], "--set", help="a method's config field: METHOD.FIELD=VALUE (repeatable)"),
     mlflow: bool = typer.Option(False, "--mlflow", help="run as the Prefect `benchmark` flow, logged to MLflow"),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
@@ -36,8 +38,9 @@ def benchmark(
     try:
         config = BenchmarkConfig(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, scenario=scenario,
-            methods=csv_list(methods), seeds=list(range(seeds)), fraction=fraction,
+            methods=csv_list(methods), seeds=list(range(first_seed, first_seed + seeds)), fraction=fraction,
             corruption=corruption, epochs=epochs, device=device,
+            method_configs=method_overrides(set_),
         )
         if mlflow:
             quiet_prefect()
@@ -51,6 +54,18 @@ def benchmark(
         raise typer.Exit(2) from error
     typer.echo((out / "results.md").read_text())
     typer.echo(f"wrote {out / 'results.csv'}")
+
+
+def method_overrides(assignments: list[str]) -> dict[str, dict]:
+    """`uib.retain_sample=2000` → {"uib": {"retain_sample": "2000"}}; the method's config parses the value."""
+    configs: dict[str, dict] = {}
+    for assignment in assignments:
+        target, sep, value = assignment.partition("=")
+        method, dot, field = target.partition(".")
+        if not (sep and dot and method and field):
+            raise ValueError(f"--set {assignment!r}: expected METHOD.FIELD=VALUE")
+        configs.setdefault(method, {})[field] = value
+    return configs
 
 
 @app.command("methods")

@@ -80,7 +80,8 @@ def train_flow(settings: dict | None = None) -> dict:
         scenario = build_scenario(dataset, settings.scenario)
         data = DataVersion.model_validate(version_dataset(
             settings.data_repo, settings.remote_url, scenario.dataset, scenario.config,
-            f"{settings.dataset} / {settings.scenario.name} dataset"))
+            f"{settings.dataset} / {settings.scenario.name} dataset",
+            endpoint_url=settings.s3_endpoint_url))
         model, history = train_original(scenario, settings)
         version = register_original(model, scenario, data, history, settings)
         logger.info("registered the original as version %s", version)

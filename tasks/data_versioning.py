@@ -715,10 +715,12 @@ def version_dataset(
     dataset: Dataset,
     scenario_config: ScenarioConfig | None,
     message: str = "Dataset version",
+    endpoint_url: str | None = None,
 ) -> dict:
     """Make `dataset` the current data version, creating the data repository if needed."""
     root = Path(repo_root)
-    repo = DataRepo(root) if (root / ".dvc").is_dir() else DataRepo.init(root, remote_url)
+    repo = (DataRepo(root) if (root / ".dvc").is_dir()
+            else DataRepo.init(root, remote_url, endpoint_url=endpoint_url))
     return repo.write_dataset(dataset, scenario_config, message).model_dump()
 
 

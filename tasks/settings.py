@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
     audit_salt: SecretStr | None = Field(
         None, description="default: a random salt kept in <home>/salt")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto) for an s3:// DVC remote and the "
+                          "inbox; MLflow's S3 artifacts read MLFLOW_S3_ENDPOINT_URL")
+    inbox_url: str | None = Field(
+        None, description="s3://bucket/prefix/ where deletion requests arrive as JSON objects")
+    schedule_cron: str = Field("0 2 * * *", description="when `unlearn-scheduled` runs")
+    schedule_timezone: str = "UTC"
 
     @field_validator("home")
     @classmethod

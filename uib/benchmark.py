@@ -97,6 +97,10 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     from uib.data import load_dataset
 
     check_methods(config.methods)
+    for name, fields in config.method_configs.items():
+        if name not in config.methods:
+            raise ValueError(f"method_configs names {name!r}, which is not among the methods run")
+        methods.get(name).config_cls.model_validate(fields)
     dataset = load_dataset(config.dataset, config.data_dir)
     rows = [row for seed in config.seeds for row in run_seed(config, seed, dataset)]
     results = pd.DataFrame(rows).reindex(columns=COLUMNS)
