@@ -68,6 +68,50 @@ def method_overrides(assignments: list[str]) -> dict[str, dict]:
     return configs
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="benchmark output folders (with results.csv)"),
+    figures: Path | None = typer.Option(None, help="write gap-vs-time-<folder>.png here"),
+) -> None:
+    """Re-tabulate benchmark results (mean ± std per method) and redraw their plots."""
+    import pandas as pd
+
+    from uib.benchmark import summarise
+
+    for run in runs:
+        results = pd.read_csv(run / "results.csv")
+        seeds = sorted(results["seed"].unique().tolist())
+        typer.echo(f"## {run.name} (seeds {seeds})\n\n{summarise(results)}")
+        if figures:
+            from tasks.plots import gap_against_time
+
+            figures.mkdir(parents=True, exist_ok=True)
+            gap_against_time(results, run.name).savefig(figures / f"gap-vs-time-{run.name}.png",
+                                                        dpi=110)
+
+
+@app.command()
+def microbench(
+    what: str = typer.Argument(..., help="grads | memory"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    data_dir: Path | None = typer.Option(None, help="directory of the MNIST IDX files (memory)"),
+    out: Path | None = typer.Option(None, help="also write the table as CSV here"),
+) -> None:
+    """Per-sample gradients (torch.func vs an autograd loop) or UIB's peak memory, as a table."""
+    from uib import microbench as bench
+
+    runs = {"grads": lambda: bench.gradient_speed(device=device),
+            "memory": lambda: bench.memory_scaling(
+                data_dir=str(data_dir) if data_dir else None, device=device)}
+    if what not in runs:
+        typer.echo(f"error: what: expected one of {sorted(runs)}, got {what!r}", err=True)
+        raise typer.Exit(2)
+    table = runs[what]()
+    typer.echo(table.to_markdown(index=False, floatfmt=".3f"))
+    if out:
+        table.to_csv(out, index=False)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the unlearning methods in the registry."""
@@ -146,8 +190,16 @@ def request_delete(
     request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
     reason: str = typer.Option("", "--reason", help="why the data must go"),
     allow_class_removal: bool = typer.Option(False, help="allow a whole class to vanish"),
+    run_here: bool = typer.Option(
+        False, "--run-here", help="run the flow in this process even when PREFECT_API_URL is set"),
 ) -> None:
-    """Run the `unlearn` flow for one request; exit 1 with the reason when refused or rejected."""
+    """Honour one deletion request.
+
+    With PREFECT_API_URL set: check it, record it as pending and emit `uib.deletion.requested`
+    for the `unlearn-on-event` deployment; print the request id and return (follow it with
+    `uib requests`). Otherwise run the `unlearn` flow here; exit 1 with the reason when it is
+    refused or fails a gate.
+    """
     quiet_prefect()
     import pydantic
 
@@ -162,6 +214,11 @@ def request_delete(
     except pydantic.ValidationError as error:
         raise invalid("request", error) from error
     settings = load_settings()
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() and not run_here:
+        typer.echo(json.dumps(submit_by_event(request, settings)))
+        return
     from flows.unlearn import unlearn_flow
 
     try:
@@ -174,6 +231,62 @@ def request_delete(
     typer.echo(json.dumps({k: outcome.get(k) for k in keys}))
 
 
+def submit_by_event(request, settings) -> dict:
+    """The up-front checks, the ledger, then the event; exits 2 on bad input, 1 when refused."""
+    from tasks.data_versioning import DataRepo
+    from tasks.events import emit_deletion_request
+    from tasks.requests import RequestLedger, RequestState
+    from uib.samples import DataError
+    from uib.scenarios import select_forget
+
+    ledger = RequestLedger(settings.ledger_path)
+    try:
+        existing = ledger.get(request.request_id)
+    except KeyError:
+        existing = None
+    if existing is not None and existing.state in (RequestState.APPROVED, RequestState.RUNNING):
+        try:
+            ledger.submit(request)  # refuses the same id with other content
+        except ValueError as error:
+            raise invalid("request", error) from error
+        return {"request_id": request.request_id, "state": existing.state.value,
+                "event_id": None, "duplicate": True}
+    if not (settings.data_repo / ".dvc").is_dir():
+        typer.echo("error: no data version yet: run `uib train` first", err=True)
+        raise typer.Exit(1)
+    try:
+        select_forget(DataRepo(settings.data_repo).load_manifest(),
+                      ids=request.sample_ids, where=request.where)
+        record, _ = ledger.submit(request)
+    except (DataError, ValueError) as error:
+        raise invalid("request", error) from error
+    rerun = record.state in (RequestState.REJECTED, RequestState.FAILED)
+    if rerun:
+        record = ledger.update(request.request_id, RequestState.PENDING, "submitted again")
+    try:
+        event = emit_deletion_request(request, record.updated_at.isoformat() if rerun else "")
+    except Exception as error:
+        typer.echo(f"error: the event for request {request.request_id} was not delivered "
+                   f"({error}); it stays pending in the ledger", err=True)
+        raise typer.Exit(1) from error
+    return {"request_id": request.request_id, "state": record.state.value,
+            "event_id": str(event), "duplicate": False}
+
+
+@app.command()
+def serve(limit: int | None = typer.Option(None, help="most flow runs at once")) -> None:
+    """Serve the deployments (on event, scheduled, train, GPU step) against PREFECT_API_URL."""
+    quiet_prefect()
+    settings = load_settings()
+    from flows.deploy import serve as serve_deployments
+
+    try:
+        serve_deployments(settings, limit)
+    except RuntimeError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
 @app.command("requests")
 def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON array")) -> None:
     """List deletion requests with their state, flow run and model version."""
@@ -181,7 +294,7 @@ def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON a
 
     records = RequestLedger(load_settings().ledger_path).list()
     rows = [{"request_id": r.request_id, "state": r.state.value, "flow_run_id": r.flow_run_id,
-             "model_version": r.model_version, "message": r.message,
+             "model_version": r.model_version, "batch_id": r.batch_id, "message": r.message,
              "requested_at": r.request.requested_at.isoformat(),
              "updated_at": r.updated_at.isoformat()} for r in records]
     if as_json:

@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.train import recipe
+from flows.unlearn_step import run_step_deployment
 from tasks.data_versioning import DataRepo, DataVersion, read_staged, version_forget_set
 from tasks.erasure import erase_request
 from tasks.evaluation import GateReport, evaluate_candidate
@@ -47,7 +48,7 @@ from tasks.requests import (
     resolve_request,
 )
 from tasks.settings import Settings
-from tasks.unlearning import ensure_gpu_limit, run_unlearning
+from tasks.unlearning import candidate_key, ensure_gpu_limit, run_unlearning
 from tasks.validation import ValidationReport, validate_shift_task
 from uib.samples import DataError, split_validation
 from uib.scenarios import select_forget
@@ -146,6 +147,17 @@ def erase_and_audit(request: DeletionRequest, settings: Settings, before: DataVe
     return audit["audit_path"]
 
 
+def unlearn_remotely(settings: Settings, request_id: str, parent: str, after: DataVersion,
+                     train_recipe) -> None:
+    """The unlearning step as its own deployment; its candidate lands in this flow's cache."""
+    run_step_deployment(settings, request_id, parent, after.git_rev)
+    key = candidate_key(settings, parent, after.dvc_md5, train_recipe)
+    if not (settings.results_dir / request_id / key).exists():
+        raise RuntimeError(
+            f"the unlearning step {settings.gpu_deployment!r} completed but its candidate is not "
+            f"in {settings.results_dir / request_id}: the step's work pool must share UIB_HOME")
+
+
 def process(request: DeletionRequest, settings: Settings) -> Outcome:
     """The whole way for a request that has no approved candidate yet."""
     client = client_for(settings)
@@ -167,10 +179,13 @@ def process(request: DeletionRequest, settings: Settings) -> Outcome:
     retain = resolved.dataset.train.drop(forget.ids)
     held_out, test = split_validation(resolved.dataset.test)
     parent = str(current.version)
-    ensure_gpu_limit()
+    train_recipe = recipe(settings, resolved.dataset.name)
+    if settings.gpu_deployment:
+        unlearn_remotely(settings, request.request_id, parent, after, train_recipe)
+    else:
+        ensure_gpu_limit()
     candidate, report = run_unlearning(settings, request.request_id, parent, after.dvc_md5,
-                                       forget, retain, held_out,
-                                       recipe(settings, resolved.dataset.name))
+                                       forget, retain, held_out, train_recipe)
     original = load_version(settings, parent)
     gates = evaluate_candidate(original, candidate, retain, forget, test, resolved.scenario,
                                settings.gates, resolved.removes_bias_slice())
@@ -233,7 +248,7 @@ def unlearn_flow(request: dict, settings: dict | None = None) -> dict:
     request = DeletionRequest.model_validate(request)
     ledger = RequestLedger(settings.ledger_path)
     logger = get_run_logger()
-    with ledger.exclusive(request.request_id):
+    with ledger.exclusive(request.request_id), ledger.serialized():
         record, _ = ledger.submit(request)
         if record.state == RequestState.APPROVED:
             message = (f"already approved by an earlier run (model version "

@@ -88,6 +88,7 @@ class RequestRecord(BaseModel):
     model_version: str | None = None
     message: str = ""
     outcome: dict | None = None
+    batch_id: str | None = None
     updated_at: datetime
 
     @property
@@ -95,6 +96,8 @@ class RequestRecord(BaseModel):
         """Approved requests are done; every other state may be run (again)."""
         return self.state != RequestState.APPROVED
 
+
+_HELD: set[Path] = set()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -105,6 +108,7 @@ CREATE TABLE IF NOT EXISTS requests (
     model_version TEXT,
     message TEXT NOT NULL DEFAULT '',
     outcome_json TEXT,
+    batch_id TEXT,
     updated_at TEXT NOT NULL
 )
 """
@@ -123,8 +127,9 @@ class RequestLedger:
         with closing(self._connect()) as db, db:
             db.execute(SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
-            if "outcome_json" not in columns:  # a ledger written before outcomes were kept
-                db.execute("ALTER TABLE requests ADD COLUMN outcome_json TEXT")
+            for column in ("outcome_json", "batch_id"):  # a ledger written before they were kept
+                if column not in columns:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
@@ -170,6 +175,28 @@ class RequestLedger:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def serialized(self) -> Iterator[None]:
+        """Held while a run changes the data repository and the registry; other runs wait.
+
+        Event-triggered and scheduled runs may start together; the data version and the
+        champion move one request at a time. Re-entrant within a process, so the scheduled
+        flow can hold it around the `unlearn` subflow of its batch.
+        """
+        path = (self.path.parent / "locks" / "pipeline.lock").resolve()
+        if path in _HELD:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            _HELD.add(path)
+            try:
+                yield
+            finally:
+                _HELD.discard(path)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def get(self, request_id: str) -> RequestRecord:
         with closing(self._connect()) as db:
             row = db.execute("SELECT * FROM requests WHERE request_id = ?",
@@ -180,7 +207,7 @@ class RequestLedger:
 
     def update(self, request_id: str, state: RequestState, message: str | None = None,
                flow_run_id: str | None = None, model_version: str | None = None,
-               outcome: dict | None = None) -> RequestRecord:
+               outcome: dict | None = None, batch_id: str | None = None) -> RequestRecord:
         """Set the state; every other field given replaces the stored one."""
         self.get(request_id)
         with closing(self._connect()) as db, db:
@@ -188,9 +215,10 @@ class RequestLedger:
                 "UPDATE requests SET state = ?, message = COALESCE(?, message), "
                 "flow_run_id = COALESCE(?, flow_run_id), "
                 "model_version = COALESCE(?, model_version), "
-                "outcome_json = COALESCE(?, outcome_json), updated_at = ? WHERE request_id = ?",
+                "outcome_json = COALESCE(?, outcome_json), batch_id = COALESCE(?, batch_id), "
+                "updated_at = ? WHERE request_id = ?",
                 (state, message, flow_run_id, model_version,
-                 None if outcome is None else json.dumps(outcome), now(), request_id),
+                 None if outcome is None else json.dumps(outcome), batch_id, now(), request_id),
             )
         return self.get(request_id)
 
@@ -210,6 +238,7 @@ class RequestLedger:
             flow_run_id=row["flow_run_id"], model_version=row["model_version"],
             message=row["message"], updated_at=row["updated_at"],
             outcome=json.loads(row["outcome_json"]) if row["outcome_json"] else None,
+            batch_id=row["batch_id"],
         )
 
 

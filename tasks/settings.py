@@ -63,6 +63,9 @@ class Settings(BaseSettings):
                           "inbox; MLflow's S3 artifacts read MLFLOW_S3_ENDPOINT_URL")
     inbox_url: str | None = Field(
         None, description="s3://bucket/prefix/ where deletion requests arrive as JSON objects")
+    gpu_deployment: str | None = Field(
+        None, description="`unlearn-step/<name>`: run the unlearning step as that deployment "
+                          "(a GPU work pool sharing <home>); default: in the flow's process")
     schedule_cron: str = Field("0 2 * * *", description="when `unlearn-scheduled` runs")
     schedule_timezone: str = "UTC"
 

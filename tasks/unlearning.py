@@ -55,16 +55,22 @@ def unlearn_task(settings: Settings, model_version: str, forget: Samples, retain
     return candidate.cpu().eval(), report
 
 
+def candidate_key(settings: Settings, model_version: str, data_md5: str,
+                  recipe: TrainConfig) -> str:
+    """Everything the candidate depends on: parent version, data version, method, recipe, seed."""
+    return "-".join([f"v{model_version}", data_md5.removesuffix(".dir"),
+                     settings.method, config_hash(settings.method_config),
+                     config_hash(recipe.model_dump()), f"seed{settings.scenario.seed}"])
+
+
 def run_unlearning(settings: Settings, request_id: str, model_version: str, data_md5: str,
                    forget: Samples, retain: Samples, validation: Samples,
                    recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
-    """`unlearn_task` with its result persisted under a key naming everything it depends on.
+    """`unlearn_task` with its result persisted under `candidate_key`.
 
     One folder per request, removed when the request is approved.
     """
-    key = "-".join([f"v{model_version}", data_md5.removesuffix(".dir"),
-                    settings.method, config_hash(settings.method_config),
-                    config_hash(recipe.model_dump()), f"seed{settings.scenario.seed}"])
+    key = candidate_key(settings, model_version, data_md5, recipe)
     persisted = unlearn_task.with_options(
         cache_policy=CachePolicy.from_cache_key_fn(lambda *_: key), persist_result=True,
         result_storage=settings.results_dir / request_id,

@@ -252,8 +252,9 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(traine
 
     monkeypatch.setenv("UIB_HOME", str(trained.home))
     runner = CliRunner()
+    # The harness sets PREFECT_API_URL: `--run-here` runs the flow instead of sending the event.
     refused = runner.invoke(app, ["request", "delete", "--ids", "digits-train-99999",
-                                  "--request-id", "cli-1", "--reason", "user asked"])
+                                  "--request-id", "cli-1", "--reason", "user asked", "--run-here"])
     assert refused.exit_code == 1
     assert "cli-1 not approved" in refused.output and "digits-train-99999" in refused.output
     bad = runner.invoke(app, ["request", "delete", "--where", "source"])

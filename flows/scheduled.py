@@ -1,0 +1,138 @@
+"""The `unlearn-scheduled` flow: the S3 inbox, then one batch of the pending requests.
+
+Each run reads new request objects from the inbox (when `UIB_INBOX_URL` is set), plans a batch
+of compatible pending requests (`tasks.batching`), runs it as one `unlearn` subflow and gives
+every member the batch's outcome. Requests left out stay `pending` with the reason as their
+message, for the next run. A batch of one runs as the request itself.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from flows.unlearn import RequestRefused, check_data_matches_champion, unlearn_flow
+from tasks.batching import BatchPlan, plan_batch
+from tasks.data_versioning import DataRepo
+from tasks.registry import champion, client_for
+from tasks.requests import DeletionRequest, RequestLedger, RequestState
+from tasks.settings import Settings
+
+TERMINAL = (RequestState.APPROVED, RequestState.REJECTED, RequestState.FAILED)
+
+
+class ScheduledReport(BaseModel):
+    inbox: dict | None = None
+    plan: BatchPlan = Field(default_factory=BatchPlan)
+    batch_id: str | None = None
+    state: RequestState | None = None
+    blocked: str | None = Field(None, description="why nothing ran, when something blocks")
+    message: str = ""
+
+
+def reconcile_members(ledger: RequestLedger) -> list[str]:
+    """Members of a batch whose run ended while the scheduled flow could not record it (a
+    crash) take the batch's final state now."""
+    fixed = []
+    for record in ledger.list(RequestState.RUNNING):
+        if record.batch_id and record.batch_id != record.request_id:
+            batch = ledger.get(record.batch_id)
+            if batch.state in TERMINAL:
+                ledger.update(record.request_id, batch.state, batch.message,
+                              model_version=batch.model_version, outcome=batch.outcome)
+                fixed.append(record.request_id)
+    return fixed
+
+
+def blocker(settings: Settings, repo: DataRepo) -> str | None:
+    """Why no request can run now, or None."""
+    current = champion(client_for(settings), settings)
+    if current is None:
+        return "no champion model is registered: run `uib train` first"
+    try:
+        check_data_matches_champion(repo, current, request_id="")
+    except RequestRefused as error:
+        return str(error)
+    return None
+
+
+def run_batch(batch: DeletionRequest, plan: BatchPlan, ledger: RequestLedger,
+              settings: Settings) -> tuple[RequestState, str]:
+    """Run the batch as one `unlearn` subflow; every member takes its outcome."""
+    members = [m for m in plan.members if m != batch.request_id]
+    for member in members:
+        ledger.update(member, RequestState.RUNNING, f"in batch {batch.request_id}",
+                      batch_id=batch.request_id)
+    try:
+        unlearn_flow(batch.model_dump(mode="json"), settings.overrides())
+    finally:
+        try:
+            final = ledger.get(batch.request_id)
+        except KeyError:  # the subflow failed before it recorded the batch
+            for member in members:
+                ledger.update(member, RequestState.PENDING, "its batch did not start")
+            raise
+        for member in members:
+            ledger.update(member, final.state, f"batch {batch.request_id}: {final.message}",
+                          flow_run_id=final.flow_run_id, model_version=final.model_version,
+                          outcome=final.outcome)
+    return final.state, final.message
+
+
+def publish(report: ScheduledReport) -> None:
+    plan = report.plan
+    lines = ["# Scheduled unlearning run", "", f"- {report.message}"]
+    if report.inbox is not None:
+        lines.append(f"- inbox: {report.inbox}")
+    if plan.members:
+        lines.append(f"- batch `{report.batch_id}`: {', '.join(plan.members)} "
+                     f"({len(plan.sample_ids)} samples) → **{report.state.value}**")
+    lines += [f"- refused `{rid}`: {why}" for rid, why in plan.refused.items()]
+    lines += [f"- left pending `{rid}`: {why}" for rid, why in plan.queued.items()]
+    create_markdown_artifact(markdown="\n".join(lines), key="unlearn-scheduled",
+                             description="What the scheduled run did with the pending requests")
+
+
+@flow(name="unlearn-scheduled", log_prints=True)
+def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
+    """Collect the inbox, then unlearn one batch of compatible pending requests."""
+    settings = Settings(**(settings or {}))
+    logger = get_run_logger()
+    ledger = RequestLedger(settings.ledger_path)
+    report = ScheduledReport()
+    if settings.inbox_url:
+        from tasks.inbox import collect_inbox
+
+        report.inbox = collect_inbox(settings).model_dump(mode="json")
+    with ledger.serialized():
+        reconcile_members(ledger)
+        pending = ledger.list(RequestState.PENDING)
+        repo = DataRepo(settings.data_repo)
+        if not pending:
+            report.message = "no pending request"
+        elif blocked := blocker(settings, repo):
+            report.blocked = report.message = f"{len(pending)} requests left pending: {blocked}"
+        else:
+            report.plan = plan_batch(pending, repo.load_manifest(),
+                                     settings.shift.max_forget_fraction)
+            for request_id, why in report.plan.refused.items():
+                ledger.update(request_id, RequestState.REJECTED, why)
+            for request_id, why in report.plan.queued.items():
+                ledger.update(request_id, RequestState.PENDING, why)
+            if report.plan.members:
+                batch = report.plan.batch_request({r.request_id: r.request for r in pending})
+                report.batch_id = batch.request_id
+                try:
+                    report.state, report.message = run_batch(batch, report.plan, ledger,
+                                                             settings)
+                except Exception as error:
+                    report.state = ledger.get(batch.request_id).state
+                    report.message = str(error)
+                    publish(report)
+                    raise
+            else:
+                report.message = "no request could run"
+    logger.info("scheduled run: %s", report.message)
+    publish(report)
+    return report.model_dump(mode="json")

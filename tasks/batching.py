@@ -1,0 +1,68 @@
+"""Batching pending deletion requests into one unlearning run.
+
+Requests are compatible when they agree on whether a class may vanish and, together, stay under
+the shift policy's forget fraction; they are taken first come, first served. A request whose ids
+no longer resolve on the current data version is refused on its own, so it never spoils a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from tasks.requests import DeletionRequest, RequestRecord
+from uib.samples import DataError
+from uib.scenarios import select_forget
+
+
+class BatchPlan(BaseModel):
+    """What one scheduled run does with the pending requests."""
+
+    members: list[str] = Field(default_factory=list, description="request ids run together")
+    sample_ids: list[str] = Field(default_factory=list, description="their ids, resolved")
+    allow_class_removal: bool = False
+    queued: dict[str, str] = Field(default_factory=dict, description="left pending, and why")
+    refused: dict[str, str] = Field(default_factory=dict, description="unresolvable, and why")
+
+    def batch_request(self, requests: dict[str, DeletionRequest]) -> DeletionRequest:
+        """The request the batch runs as: the member itself for a batch of one."""
+        if len(self.members) == 1:
+            return requests[self.members[0]]
+        digest = hashlib.sha256("\n".join(sorted(self.members)).encode()).hexdigest()[:8]
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        return DeletionRequest(
+            request_id=f"batch-{stamp}-{digest}", sample_ids=self.sample_ids,
+            reason=f"batch of {len(self.members)} requests: {', '.join(self.members)}",
+            allow_class_removal=self.allow_class_removal,
+        )
+
+
+def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: float) -> BatchPlan:
+    """Pick the batch from `pending` (oldest first) against the current training manifest."""
+    train = manifest[manifest["split"] == "train"]
+    plan, chosen = BatchPlan(), set()
+    for record in sorted(pending, key=lambda r: r.request.requested_at):
+        request = record.request
+        try:
+            ids = {str(i) for i in select_forget(manifest, ids=request.sample_ids,
+                                                 where=request.where)}
+        except DataError as error:
+            plan.refused[request.request_id] = str(error)
+            continue
+        if not plan.members:
+            plan.allow_class_removal = request.allow_class_removal
+        elif request.allow_class_removal != plan.allow_class_removal:
+            plan.queued[request.request_id] = ("allow_class_removal differs from the batch's; "
+                                               "it runs in a later batch")
+            continue
+        elif len(chosen | ids) / len(train) > max_forget_fraction:
+            plan.queued[request.request_id] = (
+                f"with it the batch would forget more than {max_forget_fraction:.0%} of the "
+                "training set; it runs in a later batch")
+            continue
+        plan.members.append(request.request_id)
+        chosen |= ids
+    plan.sample_ids = sorted(chosen)
+    return plan

@@ -1,0 +1,54 @@
+"""Pending requests are batched first come, first served, within the forget-fraction policy."""
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from tasks.batching import plan_batch
+from tasks.requests import DeletionRequest, RequestRecord, RequestState
+
+MANIFEST = pd.DataFrame({
+    "sample_id": [f"s{i:03d}" for i in range(100)] + ["t000"],
+    "split": ["train"] * 100 + ["test"],
+    "source": ["faulty"] * 5 + ["clean"] * 95 + ["clean"],
+})
+START = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def pending(request_id, minutes, **selection) -> RequestRecord:
+    request = DeletionRequest(request_id=request_id, requested_at=START + timedelta(minutes=minutes),
+                              **selection)
+    return RequestRecord(request_id=request_id, state=RequestState.PENDING, request=request,
+                         updated_at=START)
+
+
+def test_compatible_requests_share_a_batch_and_the_rest_wait():
+    records = [
+        pending("late", 9, sample_ids=["s050"]),
+        pending("first", 0, where={"source": "faulty"}),
+        pending("overlap", 1, sample_ids=["s001", "s010"]),
+        pending("class", 2, sample_ids=["s020"], allow_class_removal=True),
+        pending("too-many", 3, sample_ids=[f"s{i:03d}" for i in range(30, 45)]),
+        pending("unknown", 4, sample_ids=["s001", "nope-1"]),
+        pending("test-split", 5, sample_ids=["t000"]),
+    ]
+    plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
+    assert plan.members == ["first", "overlap", "late"]
+    assert plan.sample_ids == ["s000", "s001", "s002", "s003", "s004", "s010", "s050"]
+    assert not plan.allow_class_removal
+    assert set(plan.queued) == {"class", "too-many"}
+    assert "allow_class_removal" in plan.queued["class"]
+    assert "15%" in plan.queued["too-many"]
+    assert set(plan.refused) == {"unknown", "test-split"}
+    assert "nope-1" in plan.refused["unknown"]
+
+    batch = plan.batch_request({r.request_id: r.request for r in records})
+    assert batch.request_id.startswith("batch-") and batch.sample_ids == plan.sample_ids
+    assert "first, overlap, late" in batch.reason
+
+
+def test_a_batch_of_one_runs_as_the_request_itself():
+    records = [pending("only", 0, where={"source": "faulty"})]
+    plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
+    assert plan.members == ["only"]
+    assert plan.batch_request({"only": records[0].request}) is records[0].request
