@@ -102,9 +102,9 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
     ledger = RequestLedger(settings.ledger_path)
     report = ScheduledReport()
     if settings.inbox_url:
-        from tasks.inbox import collect_inbox
+        from tasks.inbox import collect_inbox_task
 
-        report.inbox = collect_inbox(settings).model_dump(mode="json")
+        report.inbox = collect_inbox_task(settings).model_dump(mode="json")
     with ledger.serialized():
         reconcile_members(ledger)
         pending = ledger.list(RequestState.PENDING)

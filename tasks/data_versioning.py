@@ -255,7 +255,7 @@ class DataRepo:
             Repo.init(str(root)).close()
         with _dvc_repo(root) as repo, repo.config.edit() as conf:
             remote = {"url": remote_url}
-            if endpoint_url:
+            if endpoint_url and remote_url.startswith("s3://"):
                 remote["endpointurl"] = endpoint_url
             conf["remote"][REMOTE_NAME] = remote
             conf["core"]["remote"] = REMOTE_NAME

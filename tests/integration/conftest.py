@@ -1,4 +1,5 @@
 import pytest
+from s3_server import CREDENTIALS, start_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,13 @@ def data_repo(tmp_path, patch_bias):
     repo = DataRepo.init(tmp_path / "repo", str(tmp_path / "remote"))
     version = repo.write_dataset(patch_bias.dataset, patch_bias.config, "patch-bias digits")
     return repo, version
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on loopback for the session, with test credentials in the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in CREDENTIALS.items():
+            patch.setenv(key, value)
+        with start_s3_server(tmp_path_factory.mktemp("s3")) as server:
+            yield server

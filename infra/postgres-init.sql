@@ -1,0 +1,3 @@
+-- One PostgreSQL, two databases: Prefect's and MLflow's backend stores.
+CREATE DATABASE prefect;
+CREATE DATABASE mlflow;
