@@ -33,3 +33,28 @@ def test_benchmark_cli_names_an_unknown_method(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "--methods", "uib,nope", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "nope" in result.output
+
+
+def test_benchmark_cli_takes_seeds_and_method_settings(tmp_path):
+    result = CliRunner().invoke(app, [
+        "benchmark", "--dataset", "digits", "--methods", "uib", "--seeds", "1", "--first-seed", "3",
+        "--epochs", "3", "--set", "uib.retain_sample=200", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(tmp_path / "results.csv").seed) == {3}
+    report = CliRunner().invoke(app, ["report", str(tmp_path), "--figures", str(tmp_path)])
+    assert report.exit_code == 0 and "seeds [3]" in report.output
+    assert (tmp_path / f"gap-vs-time-{tmp_path.name}.png").stat().st_size > 0
+    for bad, named in ((["--set", "uib.retain_samples=5"], "retain_samples"),
+                       (["--set", "uib=5"], "METHOD.FIELD=VALUE"),
+                       (["--set", "scrub.alpha=1"], "scrub")):
+        refused = CliRunner().invoke(app, ["benchmark", "--methods", "uib", *bad,
+                                           "--out", str(tmp_path / "bad")])
+        assert refused.exit_code == 2 and named in refused.output, refused.output
+
+
+def test_vmap_gradient_micro_benchmark_reports_every_chunk_size():
+    from uib.microbench import gradient_speed
+
+    table = gradient_speed(rows=8, chunk_sizes=(2, 4), repeats=1, device="cpu")
+    assert table.method.tolist() == ["autograd loop", "torch.func vmap", "torch.func vmap"]
+    assert (table.ms_per_sample > 0).all() and table.speedup.iloc[0] == 1.0
