@@ -25,18 +25,20 @@ def pending(request_id, minutes, **selection) -> RequestRecord:
 def test_compatible_requests_share_a_batch_and_the_rest_wait():
     records = [
         pending("late", 9, sample_ids=["s050"]),
-        pending("first", 0, where={"source": "faulty"}),
-        pending("overlap", 1, sample_ids=["s001", "s010"]),
-        pending("class", 2, sample_ids=["s020"], allow_class_removal=True),
-        pending("too-many", 3, sample_ids=[f"s{i:03d}" for i in range(30, 45)]),
-        pending("unknown", 4, sample_ids=["s001", "nope-1"]),
-        pending("test-split", 5, sample_ids=["t000"]),
+        pending("first", 0, sample_ids=["s001", "s010"]),
+        pending("overlap", 1, sample_ids=["s010", "s011"]),
+        pending("slice", 2, where={"source": "faulty"}),
+        pending("class", 3, sample_ids=["s020"], allow_class_removal=True),
+        pending("too-many", 4, sample_ids=[f"s{i:03d}" for i in range(30, 45)]),
+        pending("unknown", 5, sample_ids=["s001", "nope-1"]),
+        pending("test-split", 6, sample_ids=["t000"]),
     ]
     plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
     assert plan.members == ["first", "overlap", "late"]
-    assert plan.sample_ids == ["s000", "s001", "s002", "s003", "s004", "s010", "s050"]
+    assert plan.sample_ids == ["s001", "s010", "s011", "s050"]
     assert not plan.allow_class_removal
-    assert set(plan.queued) == {"class", "too-many"}
+    assert set(plan.queued) == {"slice", "class", "too-many"}
+    assert "slices and scattered ids" in plan.queued["slice"]
     assert "allow_class_removal" in plan.queued["class"]
     assert "15%" in plan.queued["too-many"]
     assert set(plan.refused) == {"unknown", "test-split"}
@@ -45,6 +47,15 @@ def test_compatible_requests_share_a_batch_and_the_rest_wait():
     batch = plan.batch_request({r.request_id: r.request for r in records})
     assert batch.request_id.startswith("batch-") and batch.sample_ids == plan.sample_ids
     assert "first, overlap, late" in batch.reason
+
+
+def test_slices_batch_with_slices():
+    records = [pending("faulty", 0, where={"source": "faulty"}),
+               pending("ids", 1, sample_ids=["s050"]),
+               pending("faulty-again", 2, where={"source": "faulty", "split": "train"})]
+    plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
+    assert plan.members == ["faulty", "faulty-again"] and list(plan.queued) == ["ids"]
+    assert plan.sample_ids == ["s000", "s001", "s002", "s003", "s004"]
 
 
 def test_a_batch_of_one_runs_as_the_request_itself():
