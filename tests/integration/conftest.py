@@ -28,3 +28,16 @@ def s3_server(tmp_path_factory):
             patch.setenv(key, value)
         with start_s3_server(tmp_path_factory.mktemp("s3")) as server:
             yield server
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    """A temporary Prefect server (SQLite) for a module; each test picks its MLflow store."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("UIB_HOME", raising=False)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

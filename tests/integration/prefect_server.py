@@ -55,6 +55,20 @@ def running(command: list[str], env: dict[str, str], log: Path):
             process.wait()
 
 
+def wait_for_http(process, url: str, what: str, log: Path, timeout: float) -> None:
+    """Until `url` answers without a server error; fail at once, with the log, if it exits."""
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited:\n{log.read_text()[-3000:]}")
+        try:
+            return httpx.get(url, timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout, what, log)
+
+
 @contextmanager
 def prefect_server(root: Path):
     """Yields the API URL of a Prefect server (SQLite under `root`) with its services running."""
@@ -65,14 +79,5 @@ def prefect_server(root: Path):
     api_url = f"http://127.0.0.1:{port}/api"
     with running([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                   "--port", str(port)], env, log) as process:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"prefect server exited:\n{log.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 120, "the Prefect server", log)
+        wait_for_http(process, f"{api_url}/health", "the Prefect server", log, 120)
         yield api_url

@@ -8,8 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-from prefect_server import free_port, running, wait_until
+from prefect_server import free_port, running, wait_for_http
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "uib-test", "AWS_SECRET_ACCESS_KEY": "uib-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -45,14 +44,5 @@ def start_s3_server(root: Path) -> Iterator[S3Server]:
     endpoint = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with running(command, dict(CREDENTIALS), log) as process:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"moto server exited:\n{log.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{endpoint}/moto-api/", timeout=2).status_code < 500
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "the S3 server (moto)", log)
+        wait_for_http(process, f"{endpoint}/moto-api/", "the S3 server (moto)", log, 60)
         yield S3Server(endpoint)

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-from prefect_server import free_port, running, wait_until
+from prefect_server import free_port, running, wait_for_http
 
 PG_USER = "nobody"
 
@@ -87,14 +86,5 @@ def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str
     uri = f"http://127.0.0.1:{port}"
     with running(command, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
                  log) as process:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{uri}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 180, "the MLflow server", log)
+        wait_for_http(process, f"{uri}/health", "the MLflow server", log, 180)
         yield uri

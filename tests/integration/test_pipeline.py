@@ -23,23 +23,11 @@ from uib.data import load_dataset
 from uib.scenarios import build_scenario
 from uib.train import TrainHistory
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("prefect_harness")]
 
 FAULTY = DeletionRequest(request_id="remove-faulty", where={"source": "faulty"},
                          reason="faulty source")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    """One temporary Prefect server (SQLite) for the module; MLflow on each test's SQLite."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("UIB_HOME", raising=False)
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 @pytest.fixture(scope="module")

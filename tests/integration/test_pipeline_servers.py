@@ -16,7 +16,8 @@ from stores import mlflow_server, postgres
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("prefect_harness")]
 
 BUCKET = "uib-store"
 FAULTY = DeletionRequest(request_id="servers-faulty", where={"source": "faulty"},
@@ -31,17 +32,6 @@ def tracking_uri(s3_server, tmp_path_factory):
     with postgres() as database, mlflow_server(
             database, tmp_path_factory.mktemp("mlflow"), f"s3://{BUCKET}/mlartifacts", env) as uri:
         yield uri, database
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.delenv("UIB_HOME", raising=False)
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 @pytest.fixture(scope="module")
@@ -103,52 +93,119 @@ def test_a_request_on_mlflow_server_postgres_and_s3(approved, tracking_uri, s3_s
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+GATES = ("test_accuracy_retained", "retain_accuracy_retained", "forget_like_unseen", "bias_asr",
+         "sanity")
+PLOTS = ("per_class_accuracy.png", "mia_histograms.png", "bias_probe.png", "loss_curves.png")
+RENDER_TIMEOUT_MS = 60_000
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"no chromium at {CHROMIUM} (.ci/run installs Debian's)")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (.ci/run installs it)")
-def test_the_mlflow_ui_shows_the_request_its_gates_and_plots(approved, tracking_uri, s3_server,
-                                                             tmp_path):
-    """A fresh `mlflow server` on the store the request left; a reviewer's clicks in Chromium.
-
-    Screenshots go to $UIB_SCREENSHOT_DIR (the README's come from here), else to tmp_path.
-    """
-    from playwright.sync_api import expect, sync_playwright
-
-    settings, outcome, _ = approved
+@pytest.fixture(scope="module")
+def mlflow_ui(approved, tracking_uri, s3_server, tmp_path_factory) -> str:
+    """A fresh `mlflow server` on the store the approved request left, as a reviewer starts it."""
     _, database = tracking_uri
-    shots = Path(os.environ.get("UIB_SCREENSHOT_DIR") or tmp_path)
     env = {**CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
-    with mlflow_server(database, tmp_path, f"s3://{BUCKET}/mlartifacts", env) as uri, \
-            sync_playwright() as playwright:
+    with mlflow_server(database, tmp_path_factory.mktemp("mlflow-ui"),
+                       f"s3://{BUCKET}/mlartifacts", env) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                              args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{uri}/#/models/{settings.model_name}/versions/2")
-        expect(page.get_by_text("Version 2").first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("@ champion").first).to_be_visible()
-        expect(page.get_by_text(FAULTY.request_id).first).to_be_visible()
-        for gate in ("test_accuracy_retained", "retain_accuracy_retained", "bias_asr"):
-            expect(page.get_by_text(gate).first).to_be_visible()
-        close_assistant(page)
-        page.screenshot(path=str(shots / "mlflow-champion-version.png"))
-
-        page.get_by_role("link", name=FAULTY.request_id).first.click()
-        page.get_by_text("Artifacts", exact=True).first.click()
-        page.get_by_text("gate_report.json", exact=True).first.click()
-        expect(page.get_by_text("test_accuracy_retained").first).to_be_visible(timeout=30_000)
-        page.get_by_text("plots", exact=True).first.click()
-        for plot in ("per_class_accuracy.png", "bias_probe.png"):
-            page.get_by_text(plot, exact=True).first.click()
-            image = page.locator("img[src^='blob:']").first
-            expect(image).to_be_visible(timeout=30_000)
-            assert image.evaluate("img => img.naturalWidth") > 100, plot
-        close_assistant(page)
-        page.screenshot(path=str(shots / "mlflow-run-plot.png"))
+        yield browser
         browser.close()
 
 
+@pytest.fixture
+def champion_page(browser, mlflow_ui, approved):
+    """The champion's version page, rendered, with MLflow's assistant panel out of the way."""
+    from playwright.sync_api import expect
+
+    settings, _, _ = approved
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{mlflow_ui}/#/models/{settings.model_name}/versions/2")
+    expect(page.get_by_role("heading", name="Version 2")).to_be_visible(
+        timeout=RENDER_TIMEOUT_MS)
+    close_assistant(page)
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where screenshots go: $UIB_SCREENSHOT_DIR (`=docs` refreshes the README's), else tmp."""
+    folder = Path(os.environ.get("UIB_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def close_assistant(page) -> None:
-    """MLflow 3's assistant panel covers the right third of every page; close it when open."""
+    """MLflow 3's assistant panel covers the right third of a page on first visit."""
     close = page.get_by_role("button", name="Close", exact=True)
     if close.count() and close.first.is_visible():
         close.first.click()
+
+
+@needs_chromium
+def test_the_champion_version_page_shows_the_request_and_its_gates(champion_page, shots):
+    from playwright.sync_api import expect
+
+    page = champion_page
+    expect(page.get_by_text("@ champion")).to_be_visible()
+    expect(page.get_by_role("link", name=FAULTY.request_id)).to_be_visible()
+
+    # The description is the gate table; every gate has its own row, and passed.
+    for gate in GATES:
+        row = page.get_by_role("row").filter(has=page.get_by_text(gate, exact=True))
+        expect(row).to_contain_text("pass")
+
+    # The tags are a table that scrolls on its own; request_id is the last row.
+    request_row = page.get_by_role("row").filter(
+        has=page.get_by_role("cell", name="request_id", exact=True))
+    request_row.scroll_into_view_if_needed()
+    expect(request_row).to_be_visible()
+    expect(request_row).to_contain_text(FAULTY.request_id)
+    for tag, value in (("gates", "passed"), ("parent_model_version", "1")):
+        expect(page.get_by_role("row").filter(
+            has=page.get_by_role("cell", name=tag, exact=True))).to_contain_text(value)
+    page.screenshot(path=str(shots / "mlflow-champion-version.png"))
+
+
+@needs_chromium
+def test_its_source_run_holds_the_gate_report_and_the_plots(champion_page, shots):
+    from playwright.sync_api import expect
+
+    page = champion_page
+    page.get_by_role("link", name=FAULTY.request_id).click()
+    expect(page.get_by_role("heading", name=FAULTY.request_id)).to_be_visible(
+        timeout=RENDER_TIMEOUT_MS)
+    page.get_by_role("tab", name="Artifacts").click()
+
+    page.get_by_text("gate_report.json", exact=True).click()
+    report = page.locator("pre")
+    expect(report).to_contain_text('"passed": true,', timeout=RENDER_TIMEOUT_MS)
+    for gate in GATES:
+        expect(report).to_contain_text(f'"name": "{gate}"')
+
+    # Each plot comes from S3 through the server and is shown as a decoded image of its own.
+    page.get_by_text("plots", exact=True).click()
+    previous = None
+    for plot in PLOTS:
+        page.get_by_text(plot, exact=True).click()
+        expect(page.get_by_text(f"plots/{plot}", exact=True)).to_be_visible(
+            timeout=RENDER_TIMEOUT_MS)
+        image = page.locator("img[src^='blob:']").filter(visible=True)
+        expect(image).to_have_count(1, timeout=RENDER_TIMEOUT_MS)
+        if previous:
+            expect(image).not_to_have_attribute("src", previous, timeout=RENDER_TIMEOUT_MS)
+        previous = image.get_attribute("src")
+        page.wait_for_function("img => img.complete", arg=image.element_handle())
+        assert image.evaluate("img => img.naturalWidth") >= 400, plot
+        if plot == "per_class_accuracy.png":
+            page.screenshot(path=str(shots / "mlflow-run-plot.png"))

@@ -16,21 +16,10 @@ from tasks.data_versioning import DataRepo
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("prefect_harness")]
 
 BUCKET, PREFIX = "uib-inbox", "deletion-requests/"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("UIB_HOME", raising=False)
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 def keys(s3, prefix: str) -> list[str]:
