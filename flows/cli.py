@@ -92,17 +92,18 @@ def report(
 
 @app.command()
 def microbench(
-    what: str = typer.Argument(..., help="grads | memory"),
+    what: str = typer.Argument(..., help="grads | memory | scaling"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    data_dir: Path | None = typer.Option(None, help="directory of the MNIST IDX files (memory)"),
+    data_dir: Path | None = typer.Option(None, help="directory of the MNIST IDX files (memory, scaling)"),
     out: Path | None = typer.Option(None, help="also write the table as CSV here"),
 ) -> None:
-    """Per-sample gradients (torch.func vs an autograd loop) or UIB's peak memory, as a table."""
+    """Per-sample-gradient speed, UIB's peak memory, or UIB's cost against forget and retain size."""
     from uib import microbench as bench
 
+    folder = str(data_dir) if data_dir else None
     runs = {"grads": lambda: bench.gradient_speed(device=device),
-            "memory": lambda: bench.memory_scaling(
-                data_dir=str(data_dir) if data_dir else None, device=device)}
+            "memory": lambda: bench.memory_scaling(data_dir=folder, device=device),
+            "scaling": lambda: bench.cost_scaling(data_dir=folder, device=device)}
     if what not in runs:
         typer.echo(f"error: what: expected one of {sorted(runs)}, got {what!r}", err=True)
         raise typer.Exit(2)

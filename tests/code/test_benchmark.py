@@ -52,9 +52,25 @@ def test_benchmark_cli_takes_seeds_and_method_settings(tmp_path):
         assert refused.exit_code == 2 and named in refused.output, refused.output
 
 
-def test_vmap_gradient_micro_benchmark_reports_every_chunk_size():
+def test_gradient_micro_benchmark_reports_every_path_and_chunk_size():
     from uib.microbench import gradient_speed
 
     table = gradient_speed(rows=8, chunk_sizes=(2, 4), repeats=1, device="cpu")
-    assert table.method.tolist() == ["autograd loop", "torch.func vmap", "torch.func vmap"]
+    assert table.method.tolist() == ["autograd loop", *["torch.func vmap"] * 2,
+                                     *["factored (layer hooks)"] * 2]
+    assert table.chunk_size.tolist() == [1, 2, 4, 2, 4]
     assert (table.ms_per_sample > 0).all() and table.speedup.iloc[0] == 1.0
+
+
+def test_cost_scaling_covers_every_forget_fraction_and_retain_sample():
+    from uib.microbench import cost_scaling
+
+    table = cost_scaling("digits", forget_fractions=(0.05,), retain_samples=(100, 400),
+                         device="cpu")
+    small, large = sorted(table.n_forget.unique())
+    assert table[table.n_forget == small].retain_sample.tolist() == [1000]
+    assert table[table.n_forget == large].retain_sample.tolist() == [100, 400]
+    fractions = sorted(table.forget_fraction.unique())
+    assert abs(fractions[0] - 0.05) < 0.01 and abs(fractions[1] - 0.10) < 0.01
+    assert (table.time_ratio > 0).all() and table.avg_gap.notna().all()
+    assert {"curvature_s", "eta_search_s", "passes"} <= set(table.columns)

@@ -122,3 +122,34 @@ def test_summed_gradient_equals_the_sum_of_per_sample_gradients():
     stats = gradient_stats(model, x, y, chunk_size=3)
     for name in batched:
         torch.testing.assert_close(batched[name], stats.grad_sum[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_factored_path_gives_the_vmap_statistics_weighted_and_unweighted():
+    for arch, shape in (("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn", (1, 16, 16))):
+        torch.manual_seed(3)
+        model = build_model(arch, shape, 10)
+        x, y = tiny_batch(shape, n=23, seed=3)
+        weights = torch.rand(23, generator=torch.Generator().manual_seed(4))
+        by_vmap = gradient_stats(model, x, y, 5, weights, path="vmap")
+        factored = gradient_stats(model, x, y, 7, weights, path="factored")
+        assert factored.n == by_vmap.n == 23
+        for name, _ in model.named_parameters():
+            for part in ("fisher", "grad_sum", "weighted_fisher"):
+                expected = getattr(by_vmap, part)[name]
+                torch.testing.assert_close(getattr(factored, part)[name], expected, rtol=1e-4,
+                                           atol=1e-5 * float(expected.abs().max()))
+
+
+def test_models_the_factored_path_cannot_take_go_through_vmap():
+    import pytest
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
+    with pytest.raises(ValueError, match="Linear or a Conv2d"):
+        gradient_stats(model, x, y, path="factored")
+    auto = gradient_stats(model, x, y, chunk_size=4)
+    slow = per_sample_grads_loop(model, x, y)
+    for name, grads in slow.items():
+        torch.testing.assert_close(auto.fisher[name], grads.pow(2).mean(0), rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="path must be"):
+        gradient_stats(model, x, y, path="hessian")

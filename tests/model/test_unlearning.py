@@ -28,9 +28,10 @@ def patch_bias_runs(digits):
         train_model(original, scenario.dataset.train, recipe, progress=False)
         result = {"original": evaluate(original, retain, forget, test, scenario.config)}
         for method in ("retrain", "uib"):
-            model, _ = uib.unlearn(original, forget, retain, method, train_config=recipe,
-                                   validation=validation, seed=seed, progress=False)
+            model, report = uib.unlearn(original, forget, retain, method, train_config=recipe,
+                                        validation=validation, seed=seed, progress=False)
             result[method] = evaluate(model, retain, forget, test, scenario.config)
+            result[f"{method}_report"] = report
         runs.append(result)
     return runs
 
@@ -45,6 +46,34 @@ def test_uib_removes_the_shortcut_like_retrain_and_keeps_test_accuracy(patch_bia
     for seed, run in zip(SEEDS, patch_bias_runs, strict=True):
         assert run["uib"].bias_asr <= run["retrain"].bias_asr + 0.05, f"seed {seed}: {run['uib']}"
         assert run["uib"].TA >= run["original"].TA - 0.02, f"seed {seed}: {run['uib']}"
+
+
+def test_the_faulty_slice_is_separable_so_uib_takes_an_if_step(patch_bias_runs):
+    for run in patch_bias_runs:
+        notes = run["uib_report"].notes
+        assert notes["eta_search"][0]["eta"] == 0.0 and notes["eta"] > 0
+        assert notes["eta_rule"].startswith("validation")
+
+
+def test_a_random_slice_is_not_separable_so_uib_leaves_the_model_alone(digits):
+    """A uniform 10 % is predicted like unseen data already: no η beats η = 0 by `min_gain`."""
+    scenario = build_scenario(digits, ScenarioConfig(name="random", seed=0))
+    retain, forget = scenario.split()
+    validation, _ = split_validation(scenario.dataset.test)
+    recipe = TrainConfig.for_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    original = build_model("mlp", digits.image_shape, digits.num_classes)
+    train_model(original, scenario.dataset.train, recipe, progress=False)
+    model, report = uib.unlearn(original, forget, retain, "uib", train_config=recipe,
+                                validation=validation, progress=False)
+    assert report.notes["eta_rule"].startswith("no separable slice"), report.notes["eta_rule"]
+    assert report.notes["eta"] == 0.0 and report.notes["passes_run"] == 0
+    search = report.notes["eta_search"]
+    assert search[0]["eta"] == 0.0 and len(search) > 2
+    assert max(t["score"] for t in search) - search[0]["score"] < 0.1
+    assert set(report.param_shift.values()) == {0.0}
+    for ours, theirs in zip(model.parameters(), original.parameters(), strict=True):
+        assert torch.equal(ours, theirs) and ours is not theirs
 
 
 @pytest.mark.parametrize("scenario_name", ["patch-bias", "corruption", "class", "random"])
@@ -62,6 +91,8 @@ def test_every_method_runs_on_every_scenario(digits, scenario_name):
         params = torch.cat([p.detach().flatten() for p in model.parameters()])
         assert torch.isfinite(params).all(), name
         assert report.method == name and report.time_s > 0
-        assert max(report.param_shift.values()) > 0, f"{name} did not move the model"
+        if max(report.param_shift.values()) == 0:  # allowed only as a decision, with its reason
+            assert str(report.notes.get("eta_rule")).startswith("no separable slice"), (
+                f"{name} did not move the model")
         metrics = evaluate(model, retain, forget, test, scenario.config)
         assert np.isfinite([metrics.UA, metrics.RA, metrics.TA, metrics.mia_efficacy]).all(), name
