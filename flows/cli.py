@@ -20,7 +20,8 @@ def benchmark(
     dataset: str = typer.Option("digits", help="digits | mnist | idx:DIR"),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
     scenario: str = typer.Option("patch-bias", help="patch-bias | corruption | class | random"),
-    methods: str = typer.Option("retrain,finetune,influence,uib", help="comma-separated registry names"),
+    methods: str = typer.Option("retrain,finetune,influence,uib",
+                                help="comma-separated registry names, or `all`"),
     seeds: int = typer.Option(3, min=1, help="how many seeds"),
     first_seed: int = typer.Option(0, min=0, help="seeds first_seed..first_seed+N-1 (leave tuning seeds out)"),
     fraction: float = typer.Option(0.1, help="scenario fraction"),
@@ -30,6 +31,8 @@ def benchmark(
     out: Path = typer.Option(Path("runs/benchmark"), help="output directory"),
     set_: list[str] = typer.Option([], "--set", help="a method's config field: METHOD.FIELD=VALUE (repeatable)"),
     mlflow: bool = typer.Option(False, "--mlflow", help="run as the Prefect `benchmark` flow, logged to MLflow"),
+    noise_floor: bool = typer.Option(False, "--noise-floor",
+                                     help="add `retrain-reseeded`: a second retrain from another init"),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
     from uib.benchmark import BenchmarkConfig, run_benchmark
@@ -38,9 +41,9 @@ def benchmark(
     try:
         config = BenchmarkConfig(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, scenario=scenario,
-            methods=csv_list(methods), seeds=list(range(first_seed, first_seed + seeds)), fraction=fraction,
+            methods=method_names(methods), seeds=list(range(first_seed, first_seed + seeds)), fraction=fraction,
             corruption=corruption, epochs=epochs, device=device,
-            method_configs=method_overrides(set_),
+            method_configs=method_overrides(set_), noise_floor=noise_floor,
         )
         if mlflow:
             quiet_prefect()
@@ -54,6 +57,12 @@ def benchmark(
         raise typer.Exit(2) from error
     typer.echo((out / "results.md").read_text())
     typer.echo(f"wrote {out / 'results.csv'}")
+
+
+def method_names(value: str) -> list[str]:
+    from uib import methods as registry
+
+    return registry.available() if value.strip() == "all" else csv_list(value)
 
 
 def method_overrides(assignments: list[str]) -> dict[str, dict]:

@@ -29,6 +29,26 @@ def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
     assert "| uib |" in (tmp_path / "results.md").read_text()
 
 
+def test_the_noise_floor_is_a_second_retrain_from_another_init(tmp_path):
+    result = CliRunner().invoke(app, [
+        "benchmark", "--dataset", "digits", "--scenario", "class", "--methods", "retrain",
+        "--seeds", "1", "--epochs", "5", "--noise-floor", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "results.csv").set_index("method")
+    assert list(table.index) == ["original", "retrain", "retrain-reseeded"]
+    reseeded = table.loc["retrain-reseeded"]
+    assert reseeded.avg_gap > 0 and math.isfinite(reseeded.time_ratio)
+    assert reseeded.UA > 0.9  # a retrain never saw the class either
+
+
+def test_all_names_every_registered_method():
+    from flows.cli import method_names
+    from uib import methods
+
+    assert method_names("all") == methods.available() and "uib+salun" in method_names("all")
+    assert method_names("uib, retrain") == ["uib", "retrain"]
+
+
 def test_benchmark_cli_names_an_unknown_method(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "--methods", "uib,nope", "--out", str(tmp_path)])
     assert result.exit_code == 2
