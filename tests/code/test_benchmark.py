@@ -94,3 +94,13 @@ def test_cost_scaling_covers_every_forget_fraction_and_retain_sample():
     assert abs(fractions[0] - 0.05) < 0.01 and abs(fractions[1] - 0.10) < 0.01
     assert (table.time_ratio > 0).all() and table.avg_gap.notna().all()
     assert {"curvature_s", "eta_search_s", "passes"} <= set(table.columns)
+
+
+def test_memory_scaling_measures_every_retain_size_and_chunk():
+    from uib.microbench import memory_scaling
+
+    table = memory_scaling("digits", retain_sizes=(200, 1000), chunk_sizes=(8, 64), device="cpu",
+                           repeats=2)
+    assert table[["n_retain", "chunk_size"]].values.tolist() == [[200, 8], [1000, 8], [200, 64],
+                                                                 [1000, 64]]
+    assert (table.peak_mb >= 0).all() and (table.max_mb >= table.peak_mb).all()
