@@ -15,17 +15,24 @@ from uib.train import TrainConfig, train_model
 SEEDS = [0, 1, 2]
 
 
+def trained_original(digits, scenario_name: str, seed: int = 0, **recipe_overrides):
+    """(scenario, retain, forget, validation, test, recipe, original) on digits."""
+    scenario = build_scenario(digits, ScenarioConfig(name=scenario_name, seed=seed))
+    retain, forget = scenario.split()
+    validation, test = split_validation(scenario.dataset.test)
+    recipe = TrainConfig.for_dataset("digits", seed=seed, **recipe_overrides)
+    torch.manual_seed(seed)
+    original = build_model("mlp", digits.image_shape, digits.num_classes)
+    train_model(original, scenario.dataset.train, recipe, progress=False)
+    return scenario, retain, forget, validation, test, recipe, original
+
+
 @pytest.fixture(scope="module")
 def patch_bias_runs(digits):
     runs = []
     for seed in SEEDS:
-        scenario = build_scenario(digits, ScenarioConfig(name="patch-bias", seed=seed))
-        retain, forget = scenario.split()
-        validation, test = split_validation(scenario.dataset.test)
-        recipe = TrainConfig.for_dataset("digits", seed=seed)
-        torch.manual_seed(seed)
-        original = build_model("mlp", digits.image_shape, digits.num_classes)
-        train_model(original, scenario.dataset.train, recipe, progress=False)
+        scenario, retain, forget, validation, test, recipe, original = trained_original(
+            digits, "patch-bias", seed)
         result = {"original": evaluate(original, retain, forget, test, scenario.config)}
         for method in ("retrain", "uib"):
             model, report = uib.unlearn(original, forget, retain, method, train_config=recipe,
@@ -57,13 +64,7 @@ def test_the_faulty_slice_is_separable_so_uib_takes_an_if_step(patch_bias_runs):
 
 def test_a_random_slice_is_not_separable_so_uib_leaves_the_model_alone(digits):
     """A uniform 10 % is predicted like unseen data already: no η beats η = 0 by `min_gain`."""
-    scenario = build_scenario(digits, ScenarioConfig(name="random", seed=0))
-    retain, forget = scenario.split()
-    validation, _ = split_validation(scenario.dataset.test)
-    recipe = TrainConfig.for_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    original = build_model("mlp", digits.image_shape, digits.num_classes)
-    train_model(original, scenario.dataset.train, recipe, progress=False)
+    _, retain, forget, validation, _, recipe, original = trained_original(digits, "random")
     model, report = uib.unlearn(original, forget, retain, "uib", train_config=recipe,
                                 validation=validation, progress=False)
     assert report.notes["eta_rule"].startswith("no separable slice"), report.notes["eta_rule"]
@@ -78,13 +79,8 @@ def test_a_random_slice_is_not_separable_so_uib_leaves_the_model_alone(digits):
 
 @pytest.mark.parametrize("scenario_name", ["patch-bias", "corruption", "class", "random"])
 def test_every_method_runs_on_every_scenario(digits, scenario_name):
-    scenario = build_scenario(digits, ScenarioConfig(name=scenario_name, seed=0))
-    retain, forget = scenario.split()
-    validation, test = split_validation(scenario.dataset.test)
-    recipe = TrainConfig.for_dataset("digits", epochs=3)
-    torch.manual_seed(0)
-    original = build_model("mlp", digits.image_shape, digits.num_classes)
-    train_model(original, scenario.dataset.train, recipe, progress=False)
+    scenario, retain, forget, validation, test, recipe, original = trained_original(
+        digits, scenario_name, epochs=3)
     for name in methods.available():
         model, report = uib.unlearn(original, forget, retain, name, train_config=recipe,
                                     validation=validation, progress=False)
