@@ -106,12 +106,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def confidence(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean probability the model gives each row's own label."""
-    return float(torch.softmax(logits_of(model, x), 1).gather(1, y[:, None]).mean()) if len(y) else 0.0
-
-
-@torch.no_grad()
 def set_step(model: nn.Module, curv: Curvature, eta: float, clip: float | None,
              mask: dict[str, torch.Tensor] | None = None) -> None:
     """Parameters ← θ0 + clip(η · IF step), restricted to `mask` where one is given."""
