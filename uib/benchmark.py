@@ -22,7 +22,7 @@ from uib.models import build_model, default_arch
 from uib.samples import split_validation
 from uib.train import TrainConfig, train_model
 
-COLUMNS = ["method", "seed", *METRIC_COLUMNS, "time_s", "time_ratio", "avg_gap"]
+COLUMNS = ["method", "seed", "forget_size", *METRIC_COLUMNS, "time_s", "time_ratio", "avg_gap"]
 RESEED_OFFSET = 1000  # `retrain-reseeded`: the recipe's seed moved far from every benchmark seed
 
 
@@ -35,6 +35,8 @@ class BenchmarkConfig(BaseModel):
     fraction: float = 0.1
     target_class: int = 0
     corruption: str = "fog"
+    counts: list[int] | None = Field(None, description="random / class-sample: forget sets of "
+                                     "these sizes, all unlearned from the same original")
     methods: list[str] = Field(default_factory=lambda: ["retrain", "finetune", "influence", "uib"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arch: str | None = None
@@ -51,24 +53,44 @@ def check_methods(names: list[str]) -> list[str]:
     return ["retrain", *[n for n in names if n != "retrain"]]
 
 
-def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
+def scenarios_of(config: BenchmarkConfig, seed: int, dataset) -> list:
+    """The seed's scenarios: one, or one per forget-set size of `counts` (these inject nothing,
+    so they share the training data and the original)."""
     from uib.scenarios import ScenarioConfig, build_scenario
 
-    scenario = build_scenario(dataset, ScenarioConfig(
-        name=config.scenario, seed=seed, fraction=config.fraction,
-        target_class=config.target_class, corruption=config.corruption,
-    ))
-    retain, forget = scenario.split()
-    validation, test = split_validation(scenario.dataset.test)
+    base = {"name": config.scenario, "seed": seed, "fraction": config.fraction,
+            "target_class": config.target_class, "corruption": config.corruption}
+    if config.counts is None:
+        return [build_scenario(dataset, ScenarioConfig(**base))]
+    if config.scenario not in ("random", "class-sample"):
+        raise ValueError(f"counts: only for the random and class-sample scenarios, not "
+                         f"{config.scenario!r}")
+    return [build_scenario(dataset, ScenarioConfig(**base, count=n)) for n in config.counts]
+
+
+def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
+    scenarios = scenarios_of(config, seed, dataset)
+    training = scenarios[0].dataset
+    validation, test = split_validation(training.test)
     recipe = TrainConfig.for_dataset(dataset.name, seed=seed,
                                      **({"epochs": config.epochs} if config.epochs else {}))
     torch.manual_seed(seed)
     arch = config.arch or default_arch(dataset.image_shape)
     original = build_model(arch, dataset.image_shape, dataset.num_classes)
-    train_model(original, scenario.dataset.train, recipe, config.device, progress=config.progress)
+    train_model(original, training.train, recipe, config.device, progress=config.progress)
+    return [row for scenario in scenarios
+            for row in run_scenario(config, scenario, original, recipe, validation, test)]
+
+
+def run_scenario(config: BenchmarkConfig, scenario, original, recipe: TrainConfig, validation,
+                 test) -> list[dict]:
+    """Every method on one forget set from `original`, retrain first."""
+    seed = scenario.config.seed
+    retain, forget = scenario.split()
 
     def measure(model) -> dict:
-        return evaluate(model, retain, forget, test, scenario.config, seed=seed).model_dump()
+        return {"forget_size": len(forget),
+                **evaluate(model, retain, forget, test, scenario.config, seed=seed).model_dump()}
 
     rows = [{"method": "original", "seed": seed, **measure(original)}]
     for name in check_methods(config.methods):
@@ -91,15 +113,19 @@ def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
 
 
 def summarise(results: pd.DataFrame) -> str:
-    """Mean ± std per method over seeds, as a Markdown table (metrics as fractions, gap in pp)."""
-    numeric = [c for c in COLUMNS if c not in ("method", "seed") and results[c].notna().any()]
-    lines = ["| method | " + " | ".join(numeric) + " |", "|---" * (len(numeric) + 1) + "|"]
-    for method, group in results.groupby("method", sort=False):
-        cells = []
+    """Mean ± std per method over seeds, as a Markdown table (metrics as fractions, gap in pp);
+    one row per forget-set size and method when the results hold several sizes."""
+    sizes = "forget_size" in results and results["forget_size"].nunique() > 1
+    keys = ["forget_size", "method"] if sizes else ["method"]
+    numeric = [c for c in COLUMNS if c not in ("method", "seed", "forget_size")
+               and c in results and results[c].notna().any()]
+    lines = ["| " + " | ".join(keys + numeric) + " |", "|---" * (len(keys) + len(numeric)) + "|"]
+    for key, group in results.groupby(keys, sort=False):
+        cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
         for col in numeric:
             values = group[col].dropna()
             cells.append("" if values.empty else f"{values.mean():.3f} ± {values.std(ddof=0):.3f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,8 @@ from torch import nn
 from uib.samples import Samples
 from uib.train import predict_logits
 
-METRIC_COLUMNS = ["UA", "RA", "TA", "test_f1", "mia_efficacy", "bias_asr", "bias_corr", "corrupt_acc"]
+METRIC_COLUMNS = ["UA", "RA", "TA", "test_f1", "mia_efficacy", "forget_loss_rank", "bias_asr",
+                  "bias_corr", "corrupt_acc"]
 GAP_METRICS = ["UA", "RA", "TA", "mia_efficacy"]
 
 
@@ -25,6 +26,7 @@ class Metrics(BaseModel):
     forget_acc: float
     mia_efficacy: float
     mia_test_level: float
+    forget_loss_rank: float | None = None
     bias_asr: float | None = None
     bias_corr: float | None = None
     corrupt_acc: float | None = None
@@ -64,6 +66,27 @@ class MembershipAttack:
 
     def nonmember_rate(self, features: np.ndarray) -> float:
         return float((self.member_probability(features) < 0.5).mean())
+
+
+def loss_rank(forget_loss: np.ndarray, forget_y: np.ndarray, test_loss: np.ndarray,
+              test_y: np.ndarray) -> float:
+    """Mean rank (0–1, ties half) of the forget samples' losses among test losses of their label.
+
+    0.5 for samples the model never saw (a retrained model's view of a scattered forget set);
+    well below it for remembered ones. Labels the test set lacks rank against every test loss.
+    """
+    ranks = np.empty(len(forget_loss))
+    for label in np.unique(forget_y):
+        rows = forget_y == label
+        pool = np.sort(test_loss[test_y == label] if np.any(test_y == label) else test_loss)
+        below = np.searchsorted(pool, forget_loss[rows], side="left")
+        at_or_below = np.searchsorted(pool, forget_loss[rows], side="right")
+        ranks[rows] = (below + at_or_below) / (2 * len(pool))
+    return float(ranks.mean()) if len(ranks) else float("nan")
+
+
+def cross_entropy(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y), reduction="none").numpy()
 
 
 def phi(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,6 +137,8 @@ def evaluate(model: nn.Module, retain: Samples, forget: Samples, test: Samples, 
         forget_acc=forget_acc,
         mia_efficacy=attack.nonmember_rate(mia_features(logits["forget"], forget.y)),
         mia_test_level=attack.nonmember_rate(mia_features(logits["test"], test.y)),
+        forget_loss_rank=loss_rank(cross_entropy(logits["forget"], forget.y), forget.y,
+                                   cross_entropy(logits["test"], test.y), test.y),
         per_class_acc=per_class,
     )
     name = getattr(scenario, "name", None)

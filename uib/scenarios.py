@@ -13,19 +13,21 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from uib import corruptions
 from uib.data import Dataset
 from uib.samples import DataError, Samples
 
-ScenarioName = Literal["patch-bias", "corruption", "class", "random"]
+ScenarioName = Literal["patch-bias", "corruption", "class", "random", "class-sample"]
 
 
 class ScenarioConfig(BaseModel):
     """`fraction`: patch-bias, the share of each non-target class moved to the faulty source;
     corruption, the share of the training set from the legacy source; random, the forget share.
-    `target_class`: the class the patch points to (patch-bias) or the class to forget (class)."""
+    `target_class`: the class the patch points to (patch-bias), the class to forget (class) or
+    to draw from (class-sample). `count`: random and class-sample, the number of ids to forget
+    (a person's few records: random ids, or a few of one class), instead of a fraction."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +36,7 @@ class ScenarioConfig(BaseModel):
     fraction: float = 0.1
     target_class: int = 0
     corruption: str = "fog"
+    count: int | None = Field(None, ge=1)
 
     def check(self, num_classes: int) -> None:
         """Raise a `DataError` naming the field that does not fit a data set of `num_classes`."""
@@ -124,11 +127,21 @@ def _class(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarra
     return dataset, dataset.train.ids[dataset.train.y == config.target_class]
 
 
-def _random(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarray]:
+def _draw(ids: np.ndarray, config: ScenarioConfig) -> np.ndarray:
+    """`count` ids of `ids` (a `fraction` of them when no count is set), in their order."""
+    size = config.count if config.count is not None else round(config.fraction * len(ids))
+    if size > len(ids):
+        raise DataError(f"scenario count: {size} ids asked, only {len(ids)} to draw from")
     rng = np.random.default_rng(config.seed)
-    n = len(dataset.train)
-    rows = np.sort(rng.choice(n, size=round(config.fraction * n), replace=False))
-    return dataset, dataset.train.ids[rows]
+    return ids[np.sort(rng.choice(len(ids), size=size, replace=False))]
+
+
+def _random(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarray]:
+    return dataset, _draw(dataset.train.ids, config)
+
+
+def _class_sample(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarray]:
+    return dataset, _draw(dataset.train.ids[dataset.train.y == config.target_class], config)
 
 
 SCENARIOS: dict[str, Callable[[Dataset, ScenarioConfig], tuple[Dataset, np.ndarray]]] = {
@@ -136,6 +149,7 @@ SCENARIOS: dict[str, Callable[[Dataset, ScenarioConfig], tuple[Dataset, np.ndarr
     "corruption": _corruption,
     "class": _class,
     "random": _random,
+    "class-sample": _class_sample,
 }
 
 PREDICATES: dict[str, Callable[[ScenarioConfig], dict[str, object]]] = {
@@ -143,6 +157,7 @@ PREDICATES: dict[str, Callable[[ScenarioConfig], dict[str, object]]] = {
     "corruption": lambda c: {"source": "legacy"},
     "class": lambda c: {"original_label": c.target_class},
     "random": lambda c: {},
+    "class-sample": lambda c: {},
 }
 
 

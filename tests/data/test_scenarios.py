@@ -12,7 +12,7 @@ from uib.scenarios import (
     select_forget,
 )
 
-ALL = ["patch-bias", "corruption", "class", "random"]
+ALL = ["patch-bias", "corruption", "class", "random", "class-sample"]
 
 
 def train_rows(scenario) -> pd.DataFrame:
@@ -20,7 +20,7 @@ def train_rows(scenario) -> pd.DataFrame:
     return m[m["split"] == "train"].set_index("sample_id")
 
 
-def test_registry_holds_the_four_scenarios():
+def test_registry_holds_every_scenario():
     assert available() == ALL
 
 
@@ -159,6 +159,19 @@ def test_config_types_and_fields_are_checked():
     with pytest.raises(ValidationError):
         ScenarioConfig(severity=3)
     assert ScenarioConfig(fraction="0.2", seed="3").fraction == 0.2
+
+
+@pytest.mark.parametrize(("name", "count"), [("random", 1), ("random", 100), ("class-sample", 5)])
+def test_a_count_draws_that_many_ids(digits, name, count):
+    """A person's few records: `count` random ids, or `count` ids of one class."""
+    s = build_scenario(digits, name=name, count=count, target_class=3, seed=2)
+    assert len(s.forget_ids) == count == len(np.unique(s.forget_ids))
+    assert s.dataset is digits and s.forget_predicate() == {}
+    labels = digits.train.y[np.isin(digits.train.ids, s.forget_ids)]
+    if name == "class-sample":
+        assert set(labels) == {3}
+    with pytest.raises(DataError, match="count"):
+        build_scenario(digits, name=name, count=10_000, target_class=3)
 
 
 def test_empty_forget_set_is_an_error(digits):
