@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from uib import corruptions
 from uib.data import Dataset
@@ -37,6 +37,15 @@ class ScenarioConfig(BaseModel):
     target_class: int = 0
     corruption: str = "fog"
     count: int | None = Field(None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_count(self, handler):
+        """A config without a count serialises as before counts existed: a data version's
+        `scenario.json`, and so its hash (the shipped `data.dvc`), stays what it was."""
+        data = handler(self)
+        if self.count is None:
+            data.pop("count", None)
+        return data
 
     def check(self, num_classes: int) -> None:
         """Raise a `DataError` naming the field that does not fit a data set of `num_classes`."""
