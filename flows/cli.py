@@ -19,7 +19,10 @@ def csv_list(value: str) -> list[str]:
 def benchmark(
     dataset: str = typer.Option("digits", help="digits | mnist | idx:DIR"),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
-    scenario: str = typer.Option("patch-bias", help="patch-bias | corruption | class | random"),
+    scenario: str = typer.Option(
+        "patch-bias", help="patch-bias | corruption | class | random | class-sample"),
+    counts: str | None = typer.Option(
+        None, help="random / class-sample: comma-separated forget-set sizes, e.g. 1,2,10,100"),
     methods: str = typer.Option("retrain,finetune,influence,uib",
                                 help="comma-separated registry names, or `all`"),
     seeds: int = typer.Option(3, min=1, help="how many seeds"),
@@ -43,6 +46,7 @@ def benchmark(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, scenario=scenario,
             methods=method_names(methods), seeds=list(range(first_seed, first_seed + seeds)), fraction=fraction,
             corruption=corruption, epochs=epochs, device=device,
+            counts=[int(c) for c in csv_list(counts)] if counts else None,
             method_configs=method_overrides(set_), noise_floor=noise_floor,
         )
         if mlflow:
@@ -131,7 +135,8 @@ def list_methods() -> None:
         typer.echo(f"{name:14s} {registry.get(name).summary}")
 
 
-request_app = typer.Typer(help="Submit data-deletion requests.", no_args_is_help=True)
+request_app = typer.Typer(help="Submit and review data-deletion requests.",
+                          no_args_is_help=True)
 app.add_typer(request_app, name="request")
 
 
@@ -254,7 +259,9 @@ def submit_by_event(request, settings) -> dict:
         existing = ledger.get(request.request_id)
     except KeyError:
         existing = None
-    if existing is not None and existing.state in (RequestState.APPROVED, RequestState.RUNNING):
+    settled = (RequestState.APPROVED, RequestState.RUNNING, RequestState.HELD,
+               RequestState.WITHDRAWN)  # held: reviewed with `uib request …`, not sent again
+    if existing is not None and (existing.state in settled or existing.reviews):
         try:
             ledger.submit(request)  # refuses the same id with other content
         except ValueError as error:
@@ -283,6 +290,72 @@ def submit_by_event(request, settings) -> dict:
             "event_id": str(event), "duplicate": False}
 
 
+BY = typer.Option(..., "--by", help="who decides (recorded in the ledger, tags and audit)")
+REASON = typer.Option(..., "--reason", help="why (recorded with the name)")
+REQUEST_ID = typer.Argument(..., help="the request id, as `uib requests` lists it")
+
+
+@request_app.command("approve")
+def request_approve(request_id: str = REQUEST_ID, by: str = BY, reason: str = REASON) -> None:
+    """Promote a held request's candidate; refused when the champion moved since."""
+    review_command("approve", request_id, by, reason)
+
+
+@request_app.command("reject")
+def request_reject(request_id: str = REQUEST_ID, by: str = BY, reason: str = REASON) -> None:
+    """Close a held request as rejected; the champion stays."""
+    review_command("reject", request_id, by, reason)
+
+
+@request_app.command("retry")
+def request_retry(
+    request_id: str = REQUEST_ID, by: str = BY, reason: str = REASON,
+    method: str = typer.Option("retrain", "--method",
+                               help="what to run (an erased forget set leaves only `retrain`)"),
+) -> None:
+    """Run the `unlearn` flow again, here, for a held, rejected or failed request."""
+    review_command("retry", request_id, by, reason, method)
+
+
+@request_app.command("withdraw")
+def request_withdraw(request_id: str = REQUEST_ID, by: str = BY, reason: str = REASON) -> None:
+    """Close a pending, held, rejected or failed request; erased data stays erased."""
+    review_command("withdraw", request_id, by, reason)
+
+
+def review_command(action: str, request_id: str, by: str, reason: str,
+                   method: str = "retrain") -> None:
+    """Exit 2 naming the field for bad input, 1 when the action does not apply or fails."""
+    quiet_prefect()
+    import pydantic
+
+    from tasks.requests import Review
+    from tasks.settings import Settings
+
+    try:
+        review = Review(action=action, by=by, reason=reason)
+    except pydantic.ValidationError as error:
+        raise invalid("review", error) from error
+    settings = load_settings()
+    try:
+        Settings(**{**settings.overrides(), "method": method, "method_config": {}})
+    except pydantic.ValidationError as error:
+        raise invalid("--method", error) from error
+    from flows.review import ReviewRefused, review_request
+
+    try:
+        result = review_request(settings, request_id, review, method)
+    except KeyError as error:
+        raise invalid("request_id", error.args[0]) from error
+    except ReviewRefused as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    except Exception as error:  # a retry's run: refused, held again, or crashed
+        typer.echo(f"request {request_id} not approved: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(result.model_dump_json())
+
+
 @app.command()
 def serve(limit: int | None = typer.Option(None, help="most flow runs at once")) -> None:
     """Serve the deployments (on event, scheduled, train, GPU step) against PREFECT_API_URL."""
@@ -299,21 +372,25 @@ def serve(limit: int | None = typer.Option(None, help="most flow runs at once"))
 
 @app.command("requests")
 def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON array")) -> None:
-    """List deletion requests with their state, flow run and model version."""
+    """List deletion requests with their state, flow run, model version and last review."""
     from tasks.requests import RequestLedger
 
     records = RequestLedger(load_settings().ledger_path).list()
+    records_by_id = {r.request_id: r for r in records}
     rows = [{"request_id": r.request_id, "state": r.state.value, "flow_run_id": r.flow_run_id,
              "model_version": r.model_version, "batch_id": r.batch_id, "message": r.message,
              "requested_at": r.request.requested_at.isoformat(),
-             "updated_at": r.updated_at.isoformat()} for r in records]
+             "updated_at": r.updated_at.isoformat(),
+             "reviews": [v.model_dump(mode="json") for v in r.reviews]} for r in records]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         version = f"v{row['model_version']}" if row["model_version"] else "-"
+        review = records_by_id[row["request_id"]].reviews
+        last = f"[{review[-1].line()}] " if review else ""
         typer.echo(f"{row['request_id']:<32} {row['state']:<9} {version:<5} "
-                   f"{row['flow_run_id'] or '-':<37} {row['message'][:100]}")
+                   f"{row['flow_run_id'] or '-':<37} {last}{row['message'][:100]}")
 
 
 @app.command()

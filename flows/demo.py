@@ -56,8 +56,15 @@ def summary(settings: Settings, result: DemoResult) -> str:
     lines += ["", "Gates:"]
     for gate in gates["gates"]:
         mark = "pass" if gate["passed"] else "FAIL"
-        lines.append(f"  [{mark}] {gate['name']:<26} {gate['value']:.4f} vs "
-                     f"{gate['threshold']:.4f}  {gate['rule']}")
+        interval = gate.get("interval")
+        bounds = f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "—"
+        size = "" if gate.get("n") is None else f"n={gate['n']}"
+        lines.append(
+            f"  [{mark}] {gate['name']:<26} {gate['value']:.4f} vs "
+            f"{gate['threshold']:.4f}  {bounds:<18} {size:<7} {gate['rule']}"
+        )
+        if gate.get("judged_by"):
+            lines.append(f"         {'':<26} {gate['judged_by']}")
     lines += [
         "",
         f"The request made {settings.model_name} version {outcome['model_version']} (unlearned "

@@ -19,7 +19,8 @@ from tasks.registry import champion, client_for
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
-TERMINAL = (RequestState.APPROVED, RequestState.REJECTED, RequestState.FAILED)
+TERMINAL = (RequestState.APPROVED, RequestState.REJECTED, RequestState.FAILED,
+            RequestState.HELD, RequestState.WITHDRAWN)
 
 
 class ScheduledReport(BaseModel):
@@ -45,13 +46,13 @@ def reconcile_members(ledger: RequestLedger) -> list[str]:
     return fixed
 
 
-def blocker(settings: Settings, repo: DataRepo) -> str | None:
-    """Why no request can run now, or None."""
+def blocker(settings: Settings, repo: DataRepo, ledger: RequestLedger) -> str | None:
+    """Why no request can run now, or None (a held request blocks nobody)."""
     current = champion(client_for(settings), settings)
     if current is None:
         return "no champion model is registered: run `uib train` first"
     try:
-        check_data_matches_champion(repo, current, request_id="")
+        check_data_matches_champion(repo, current, "", ledger)
     except RequestRefused as error:
         return str(error)
     return None
@@ -111,7 +112,7 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
         repo = DataRepo(settings.data_repo)
         if not pending:
             report.message = "no pending request"
-        elif blocked := blocker(settings, repo):
+        elif blocked := blocker(settings, repo, ledger):
             report.blocked = report.message = f"{len(pending)} requests left pending: {blocked}"
         else:
             report.plan = plan_batch(pending, repo.load_manifest(),

@@ -1,35 +1,42 @@
 """The `unlearn` flow, the main job: one deletion request from intake to erasure.
 
     resolve ids → validate shift (GX) → version data (DVC) → unlearn (GPU task)
-    → evaluate + gates → register (MLflow) → erase + audit
+    → evaluate + gates → register (MLflow) [→ by policy: retrain, gates, register]
+    → erase + audit (whatever the gates said) → approved | held for review
 
 Validation runs on the manifests the new data version *would* have, before anything is
 committed, so a refused request versions nothing and registers nothing. Every later stage is
 idempotent per request id: the data commit carries the id, the unlearned candidate is a
-persisted task result keyed by it, the model version is tagged with it at creation, and erasing
-erased objects is a no-op. A rerun of a request whose candidate was already approved skips to
-the stages still missing. The ledger marks a request `approved` only at the very end.
+persisted task result keyed by it, the model version is tagged with it (and its attempt) at
+creation, and erasing erased objects is a no-op. A rerun of a request whose candidate was
+already approved skips to the stages still missing. The ledger marks a request `approved` only
+at the very end.
+
+The forget set's bytes are erased as soon as the model step that reads them is done, whether
+a gate held or not: the right to erasure does not wait for a reviewer. A held request is
+therefore retried with a method that reads no forget sample (`retrain`).
 
 Invariant: the data repository's current version is the one the champion was trained or
-unlearned on, unless it is the commit of an open request. Another request is refused until that
-one is finished or reviewed, so no model is ever built on data it does not match.
+unlearned on, or is ahead of it only by commits of requests the ledger holds as parked (held,
+rejected on review, withdrawn: their samples are already out of every later retain set) or of
+the request running. Anything else refuses loudly, so no model is built on data it does not
+match. A champion alias moved by hand is noticed before every run (`flows.review`).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from flows.attempts import Attempt, Job, run_attempts
 from flows.train import recipe
-from flows.unlearn_step import run_step_deployment
 from tasks.data_versioning import DataRepo, DataVersion, read_staged, version_forget_set
-from tasks.erasure import erase_request
-from tasks.evaluation import GateReport, evaluate_candidate
+from tasks.erasure import AuditRecord, audit_path, erase_request, read_audit, update_audit
+from tasks.gate_report import GateReport
 from tasks.registry import (
     approved_version,
     champion,
@@ -38,17 +45,17 @@ from tasks.registry import (
     load_version,
     log_audit,
     promote,
-    register_candidate,
 )
 from tasks.requests import (
+    PARKED,
     DeletionRequest,
     RequestLedger,
     RequestState,
     Resolved,
+    Review,
     resolve_request,
 )
 from tasks.settings import Settings
-from tasks.unlearning import candidate_key, ensure_gpu_limit, run_unlearning
 from tasks.validation import ValidationReport, validate_shift_task
 from uib.samples import DataError, split_validation
 from uib.scenarios import select_forget
@@ -58,12 +65,18 @@ class RequestRefused(Exception):
     """The request cannot be honoured as asked: nothing was versioned or registered."""
 
 
-class GatesFailed(Exception):
-    """The candidate failed a gate: it is registered as `rejected`, the champion is unchanged."""
+class RequestNotRunnable(Exception):
+    """A run may not take the request up as it stands (held, withdrawn, erased, or the champion
+    was moved by hand): nothing changed, the ledger state included."""
 
-    def __init__(self, message: str, report: GateReport, model_version: str):
+
+class GatesFailed(Exception):
+    """Every candidate failed a gate: each is registered as `rejected`, the champion is
+    unchanged, the forget set is erased and the request is held for review."""
+
+    def __init__(self, message: str, report: GateReport, model_version: str, outcome: Outcome):
         super().__init__(message)
-        self.report, self.model_version = report, model_version
+        self.report, self.model_version, self.outcome = report, model_version, outcome
 
 
 class Outcome(BaseModel):
@@ -79,6 +92,10 @@ class Outcome(BaseModel):
     audit_path: str
     unlearn_time_s: float | None = None
     duplicate: bool = False
+    method: str | None = None
+    fallback_for: str | None = Field(
+        None, description="the rejected version the exact fallback (`retrain`) stands in for")
+    note: str = ""
 
 
 def artifact_key(request_id: str) -> str:
@@ -99,7 +116,8 @@ def publish_outcome(request: DeletionRequest, state: RequestState, message: str,
 
 
 def outcome_details(outcome: Outcome) -> list[str]:
-    return [f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
+    return [*([outcome.note] if outcome.note else []),
+            f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
             f"data version: {outcome.data_version_before.git_rev[:10]} → "
             f"{outcome.data_version_after.git_rev[:10]}",
             f"audit record: `{outcome.audit_path}`"]
@@ -108,17 +126,37 @@ def outcome_details(outcome: Outcome) -> list[str]:
 # --------------------------------------------------------------------------- stages
 
 
-def check_data_matches_champion(repo: DataRepo, champion_version, request_id: str) -> None:
-    """Refuse when the data moved past the champion for another, still open, request."""
+def check_data_matches_champion(repo: DataRepo, champion_version, request_id: str,
+                                ledger: RequestLedger) -> None:
+    """Refuse unless the data is the champion's, or ahead of it only by parked requests' commits.
+
+    A parked request (held, rejected on review, withdrawn) has its samples out of the current
+    version already, so a new request proceeds on top of it: its retain set excludes them and
+    its parent is the champion. A commit the ledger does not account for refuses loudly.
+    """
     trained_on = (champion_version.tags.get("data_version_after")
                   or champion_version.tags.get("data_git_rev"))
     head = repo.current()
-    if trained_on in (None, head.git_rev) or repo.find_request(request_id) == head.git_rev:
+    if trained_on in (None, head.git_rev):
         return
-    raise RequestRefused(
-        f"the current data version {head.git_rev[:10]} ({head.message!r}) is ahead of the "
-        f"champion, version {champion_version.version}, built on {trained_on[:10]}: finish or "
-        "review that request first")
+    history = repo.history()
+    if trained_on not in history:
+        raise RequestRefused(
+            f"the champion, version {champion_version.version}, was built on data version "
+            f"{trained_on[:10]}, which is not in the history of the data repository: restore "
+            "the repository or point the alias at a version built on its data")
+    ahead = history[:history.index(trained_on)]
+    known = {request_id} | {r.request_id for r in ledger.list() if r.state in PARKED}
+    accounted = {repo.find_request(rid) for rid in known} - {None}
+    unknown = [rev for rev in ahead if rev not in accounted]
+    if unknown:
+        rev = repo.version(unknown[-1])
+        raise RequestRefused(
+            f"the current data version {head.git_rev[:10]} is ahead of the champion, version "
+            f"{champion_version.version}, built on {trained_on[:10]}, by {len(unknown)} data "
+            f"version(s) the ledger does not hold as held, rejected or withdrawn, first "
+            f"{rev.git_rev[:10]} ({rev.message!r}): finish that request (run it again) or "
+            "review it (`uib requests`, `uib request …`) first")
 
 
 def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -> ValidationReport:
@@ -134,38 +172,33 @@ def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -
 
 
 def erase_and_audit(request: DeletionRequest, settings: Settings, before: DataVersion,
-                    after: DataVersion, forget_ids: list[str], parent: str, version: str,
-                    run_id: str, gates: GateReport) -> str:
+                    after: DataVersion, forget_ids: list[str], parent: str, final: Attempt,
+                    state: RequestState) -> str:
+    """Erase the forget set and write the audit record, whatever the gates said."""
     audit = erase_request(
         settings.data_repo, request.request_id, before, after, forget_ids, settings.salt(),
         settings.audit_dir, request.requested_at,
         staged_path=settings.stage_dir(request.request_id) / "forget.npz",
-        model_version_before=parent, model_version_after=version,
-        gate_results=gates.model_dump(mode="json"),
+        model_version_before=parent, model_version_after=final.model_version,
+        gate_results=final.gates.model_dump(mode="json"), model_outcome=state.value,
     )
-    log_audit(settings, run_id, audit["audit_path"])
+    log_audit(settings, final.run_id, audit["audit_path"])
     return audit["audit_path"]
 
 
-def unlearn_remotely(settings: Settings, request_id: str, parent: str, after: DataVersion,
-                     train_recipe) -> None:
-    """The unlearning step as its own deployment; its candidate lands in this flow's cache."""
-    run_step_deployment(settings, request_id, parent, after.git_rev)
-    key = candidate_key(settings, parent, after.dvc_md5, train_recipe)
-    if not (settings.results_dir / request_id / key).exists():
-        raise RuntimeError(
-            f"the unlearning step {settings.gpu_deployment!r} completed but its candidate is not "
-            f"in {settings.results_dir / request_id}: the step's work pool must share UIB_HOME")
-
-
-def process(request: DeletionRequest, settings: Settings) -> Outcome:
+def process(request: DeletionRequest, settings: Settings, ledger: RequestLedger,
+            review: Review | None) -> Outcome:
     """The whole way for a request that has no approved candidate yet."""
     client = client_for(settings)
     current = champion(client, settings)
     if current is None:
         raise RequestRefused("no champion model is registered: run `uib train` first")
     repo = DataRepo(settings.data_repo)
-    check_data_matches_champion(repo, current, request.request_id)
+    check_data_matches_champion(repo, current, request.request_id, ledger)
+    parent = str(current.version)
+    audit = read_audit(settings.audit_dir, request.request_id)
+    if audit is not None:
+        return process_erased(request, settings, ledger, review, parent, audit)
     try:
         resolved = resolve_request(request, settings.data_repo)
     except DataError as error:
@@ -176,29 +209,75 @@ def process(request: DeletionRequest, settings: Settings) -> Outcome:
                                   settings.stage_dir(request.request_id))
     before, after = (DataVersion.model_validate(versions[k]) for k in ("before", "after"))
     forget = read_staged(versions["staged"])
-    retain = resolved.dataset.train.drop(forget.ids)
     held_out, test = split_validation(resolved.dataset.test)
-    parent = str(current.version)
-    train_recipe = recipe(settings, resolved.dataset.name)
-    if settings.gpu_deployment:
-        unlearn_remotely(settings, request.request_id, parent, after, train_recipe)
-    else:
-        ensure_gpu_limit()
-    candidate, report = run_unlearning(settings, request.request_id, parent, after.dvc_md5,
-                                       forget, retain, held_out, train_recipe)
-    original = load_version(settings, parent)
-    gates = evaluate_candidate(original, candidate, retain, forget, test, resolved.scenario,
-                               settings.gates, resolved.removes_bias_slice())
-    version, run_id = register_candidate(settings, request, original, candidate, report, gates,
-                                         validation, versions, retain, test, forget, parent)
-    if not gates.passed:
-        raise GatesFailed(f"model version {version} rejected: {gates.message()}", gates, version)
-    audit_path = erase_and_audit(request, settings, before, after, resolved.forget_ids, parent,
-                                 version, run_id, gates)
-    return Outcome(request_id=request.request_id, state=RequestState.APPROVED,
-                   model_version=version, parent_model_version=parent, gates=gates,
-                   data_version_before=before, data_version_after=after, audit_path=audit_path,
-                   unlearn_time_s=report.time_s)
+    job = Job(request=request, settings=settings, parent=parent,
+              original=load_version(settings, parent), before=before, after=after,
+              forget=forget, n_forget=len(forget), retain=resolved.dataset.train.drop(forget.ids),
+              held_out=held_out, test=test, scenario=resolved.scenario,
+              patch_bias=resolved.removes_bias_slice(), validation=validation,
+              recipe=recipe(settings, resolved.dataset.name), review=review)
+    attempts = run_attempts(job)
+    state = RequestState.APPROVED if attempts[-1].gates.passed else RequestState.HELD
+    path = erase_and_audit(request, settings, before, after, resolved.forget_ids, parent,
+                           attempts[-1], state)
+    return conclude(request, job, attempts, path)
+
+
+def process_erased(request: DeletionRequest, settings: Settings, ledger: RequestLedger,
+                   review: Review | None, parent: str, audit: AuditRecord) -> Outcome:
+    """A retry once the forget samples are erased: a forget-free method on the current data.
+
+    The current version holds neither this request's samples nor any later request's, so the
+    candidate is trained on what every approved request left; the audit record is updated.
+    """
+    repo = DataRepo(settings.data_repo)
+    after = repo.current()
+    dataset, scenario = repo.load()
+    held_out, test = split_validation(dataset.test)
+    earlier = ledger.get(request.request_id).model_version
+    patch_bias = False
+    if earlier:
+        tags = client_for(settings).get_model_version(settings.model_name, earlier).tags
+        patch_bias = tags.get("removes_bias_slice") == "true"
+    job = Job(request=request, settings=settings, parent=parent,
+              original=load_version(settings, parent), before=audit.data_version_before,
+              after=after, forget=None, n_forget=audit.n_forgotten, retain=dataset.train,
+              held_out=held_out, test=test, scenario=scenario, patch_bias=patch_bias,
+              validation=None, recipe=recipe(settings, dataset.name), review=review)
+    attempts = run_attempts(job)
+    final = attempts[-1]
+    state = RequestState.APPROVED if final.gates.passed else RequestState.HELD
+    update_audit(settings.audit_dir, request.request_id, model_outcome=state.value,
+                 model_version_after=final.model_version,
+                 gate_results=final.gates.model_dump(mode="json"))
+    path = str(audit_path(settings.audit_dir, request.request_id))
+    log_audit(settings, final.run_id, path)
+    return conclude(request, job, attempts, path)
+
+
+def conclude(request: DeletionRequest, job: Job, attempts: list[Attempt],
+             audit_file: str) -> Outcome:
+    """The outcome of the attempts: approved, or GatesFailed (held for review)."""
+    final = attempts[-1]
+    fallback = attempts[-2] if len(attempts) > 1 else None
+    note = ""
+    if fallback is not None:
+        failed = ", ".join(g.name for g in fallback.gates.failed)
+        note = (f"{fallback.method} candidate v{fallback.model_version} failed {failed}; "
+                f"the exact fallback `{final.method}` is v{final.model_version}")
+    state = RequestState.APPROVED if final.gates.passed else RequestState.HELD
+    outcome = Outcome(request_id=request.request_id, state=state,
+                      model_version=final.model_version, parent_model_version=job.parent,
+                      gates=final.gates, data_version_before=job.before,
+                      data_version_after=job.after, audit_path=audit_file,
+                      unlearn_time_s=final.unlearn_time_s, method=final.method,
+                      fallback_for=fallback.model_version if fallback else None, note=note)
+    if final.gates.passed:
+        return outcome
+    raise GatesFailed(
+        f"held for review: model version {final.model_version} ({final.method}) rejected: "
+        f"{final.gates.message()}" + (f" ({note})" if note else "")
+        + "; the forget set is erased", final.gates, final.model_version, outcome)
 
 
 def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
@@ -213,20 +292,25 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
     before = repo.version(tags["data_version_before"])
     after = repo.version(tags["data_version_after"])
     gates = gate_report_of(version)
-    audit_path = settings.audit_dir / f"{request.request_id}.json"
-    done = audit_path.exists() and json.loads(audit_path.read_text()).get(
-        "model_version_after") == str(version.version)
-    if done:
-        log_audit(settings, version.run_id, str(audit_path))
+    final = Attempt(method=tags.get("method", ""), model_version=str(version.version),
+                    run_id=version.run_id, gates=gates)
+    if read_audit(settings.audit_dir, request.request_id) is not None:  # erased already
+        update_audit(settings.audit_dir, request.request_id,
+                     model_outcome=RequestState.APPROVED.value,
+                     model_version_after=final.model_version,
+                     gate_results=gates.model_dump(mode="json"))
+        path = str(audit_path(settings.audit_dir, request.request_id))
+        log_audit(settings, version.run_id, path)
     else:
         manifest = repo.load_manifest(before.git_rev)
         ids = select_forget(manifest, ids=request.sample_ids, where=request.where)
-        audit_path = erase_and_audit(request, settings, before, after, [str(i) for i in ids],
-                                     parent, str(version.version), version.run_id, gates)
+        path = erase_and_audit(request, settings, before, after, [str(i) for i in ids],
+                               parent, final, RequestState.APPROVED)
     return Outcome(request_id=request.request_id, state=RequestState.APPROVED,
                    model_version=str(version.version), parent_model_version=parent, gates=gates,
                    data_version_before=before, data_version_after=after,
-                   audit_path=str(audit_path))
+                   audit_path=path, method=final.method,
+                   fallback_for=tags.get("fallback_for"))
 
 
 # --------------------------------------------------------------------------- the flow
@@ -238,18 +322,26 @@ def run_name() -> str:
 
 
 @flow(name="unlearn", flow_run_name=run_name, log_prints=True)
-def unlearn_flow(request: dict, settings: dict | None = None) -> dict:
+def unlearn_flow(request: dict, settings: dict | None = None, review: dict | None = None) -> dict:
     """Handle one deletion request; a refused request or a failed gate ends the run Failed.
 
-    Ledger states: `rejected` (refused, or a gate failed: open for review, may be run again),
-    `failed` (crashed: run it again), `approved` (done; a rerun only acknowledges it).
+    Ledger states: `rejected` (refused, or rejected on review), `held` (every candidate failed a
+    gate: the forget set is erased, a reviewer decides), `failed` (crashed: run it again),
+    `approved` (done; a rerun only acknowledges it), `withdrawn`. `review` is the reviewer's
+    `retry` action when `uib request retry` runs it: only then does a held request run again.
     """
+    from flows.review import not_runnable, reconcile_champion  # it runs this flow for `retry`
+
     settings = Settings(**(settings or {}))
     request = DeletionRequest.model_validate(request)
+    review = Review.model_validate(review) if review else None
     ledger = RequestLedger(settings.ledger_path)
     logger = get_run_logger()
     with ledger.exclusive(request.request_id), ledger.serialized():
         record, _ = ledger.submit(request)
+        if record.state != RequestState.APPROVED:
+            reconcile_champion(settings, ledger, logger)
+            record = ledger.get(request.request_id)
         if record.state == RequestState.APPROVED:
             message = (f"already approved by an earlier run (model version "
                        f"{record.model_version}); nothing to do")
@@ -258,19 +350,25 @@ def unlearn_flow(request: dict, settings: dict | None = None) -> dict:
             publish_outcome(request, record.state, message, outcome.gates,
                             outcome_details(outcome))
             return outcome.model_copy(update={"duplicate": True}).model_dump(mode="json")
+        done = approved_version(client_for(settings), settings, request.request_id)
+        if done is None and (why := not_runnable(record, settings, ledger, review)):
+            raise RequestNotRunnable(why)
         ledger.update(request.request_id, RequestState.RUNNING, "",
                       flow_run_id=str(flow_run.get_id()))
         try:
-            done = approved_version(client_for(settings), settings, request.request_id)
-            outcome = finish(request, settings, done) if done else process(request, settings)
+            outcome = finish(request, settings, done) if done else process(request, settings,
+                                                                           ledger, review)
         except RequestRefused as error:
             ledger.update(request.request_id, RequestState.REJECTED, str(error))
             publish_outcome(request, RequestState.REJECTED, str(error))
             raise
         except GatesFailed as error:
-            ledger.update(request.request_id, RequestState.REJECTED, str(error),
-                          model_version=error.model_version)
-            publish_outcome(request, RequestState.REJECTED, str(error), error.report)
+            ledger.update(request.request_id, RequestState.HELD, str(error),
+                          model_version=error.model_version,
+                          outcome=error.outcome.model_dump(mode="json"))
+            publish_outcome(request, RequestState.HELD, str(error), error.report,
+                            outcome_details(error.outcome))
+            logger.warning("request %s %s", request.request_id, error)
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -278,7 +376,8 @@ def unlearn_flow(request: dict, settings: dict | None = None) -> dict:
             publish_outcome(request, RequestState.FAILED, message)
             raise
         shutil.rmtree(settings.results_dir / request.request_id, ignore_errors=True)
-        message = "approved: every gate holds; forgotten samples erased"
+        message = ("approved: " + (f"{outcome.note}, which passes every gate" if outcome.note
+                                   else "every gate holds") + "; forgotten samples erased")
         ledger.update(request.request_id, RequestState.APPROVED, message,
                       model_version=outcome.model_version, outcome=outcome.model_dump(mode="json"))
         publish_outcome(request, RequestState.APPROVED, message, outcome.gates,

@@ -1,4 +1,9 @@
-"""Erase forgotten samples' bytes from DVC storage once a request is approved; keep an audit.
+"""Erase forgotten samples' bytes from DVC storage once a request's model step is done; audit.
+
+The erasure never waits for a model gate or a reviewer (the right to erasure asks for it without
+undue delay): the `unlearn` flow erases as soon as the steps that read the forget set are done,
+and writes the audit record then. The record is updated afterwards with the model outcome
+(approved, held for review) and with every later review action (`update_audit`).
 
 `remove_samples` made a new data version without the samples, but the objects of the older
 version (the shards that held them, the old manifest) stay in the local DVC cache and on the
@@ -27,6 +32,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo, DataVersion, StorageError, as_id_array
+from tasks.requests import Review
 from uib.samples import DataError
 
 HASH_SCHEME = "hmac-sha256(key=salt, msg=sample_id), hex"
@@ -79,6 +85,10 @@ class AuditRecord(BaseModel):
     purged_objects: list[str]
     unrecoverable_revs: list[str]
     notes: list[str]
+    model_outcome: str | None = Field(
+        None, description="approved, held (for review), rejected or withdrawn; None: not yet"
+    )
+    reviews: list[Review] = Field(default_factory=list, description="review actions, oldest first")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -177,6 +187,7 @@ def build_audit_record(
     gate_results: dict[str, Any],
     requested_at: datetime,
     completed_at: datetime | None = None,
+    model_outcome: str | None = None,
 ) -> AuditRecord:
     """The audit record of a completed request: hashes, versions, gates, times, what was purged."""
     if not request_id.strip():
@@ -196,7 +207,43 @@ def build_audit_record(
         purged_objects=erasure.purged_objects,
         unrecoverable_revs=erasure.unrecoverable_revs,
         notes=[UNRECOVERABLE_NOTE, SCOPE_NOTE] if erasure.unrecoverable_revs else [SCOPE_NOTE],
+        model_outcome=model_outcome,
     )
+
+
+def audit_path(audit_dir: str | Path, request_id: str) -> Path:
+    """Where a request's audit record lives; it exists once the request's data is erased."""
+    return Path(audit_dir) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', request_id)}.json"
+
+
+def read_audit(audit_dir: str | Path, request_id: str) -> AuditRecord | None:
+    path = audit_path(audit_dir, request_id)
+    return AuditRecord.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def update_audit(
+    audit_dir: str | Path,
+    request_id: str,
+    model_outcome: str | None = None,
+    model_version_after: str | None = None,
+    gate_results: dict[str, Any] | None = None,
+    review: Review | None = None,
+) -> AuditRecord:
+    """The model outcome and review actions after the erasure; the erasure facts never change."""
+    record = read_audit(audit_dir, request_id)
+    if record is None:
+        raise DataError(f"request_id: {request_id} has no audit record (its data is not erased)")
+    changes: dict[str, Any] = {"reviews": record.reviews + ([review] if review else [])}
+    for name, value in (
+        ("model_outcome", model_outcome),
+        ("model_version_after", model_version_after),
+        ("gate_results", gate_results),
+    ):
+        if value is not None:
+            changes[name] = value
+    record = record.model_copy(update=changes)
+    audit_path(audit_dir, request_id).write_text(record.to_json() + "\n")
+    return record
 
 
 @task(name="erase-forgotten")
@@ -213,8 +260,12 @@ def erase_request(
     model_version_before: str | None = None,
     model_version_after: str | None = None,
     gate_results: dict[str, Any] | None = None,
+    model_outcome: str | None = None,
 ) -> dict:
-    """Erase an approved request's forgotten bytes and write `audit_dir/<request_id>.json`."""
+    """Erase a request's forgotten bytes and write `audit_dir/<request_id>.json`.
+
+    Called whatever the gates said: a held request's data is erased all the same.
+    """
     erasure = erase_forgotten(
         DataRepo(repo_root),
         DataVersion.model_validate(before),
@@ -230,9 +281,11 @@ def erase_request(
         model_version_after,
         gate_results or {},
         requested_at,
+        model_outcome=model_outcome,
     )
-    audit_dir = Path(audit_dir)
-    audit_dir.mkdir(parents=True, exist_ok=True)
-    path = audit_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', request_id)}.json"
+    if (earlier := read_audit(audit_dir, request_id)) is not None:  # a rerun keeps the reviews
+        record.reviews = earlier.reviews
+    Path(audit_dir).mkdir(parents=True, exist_ok=True)
+    path = audit_path(audit_dir, request_id)
     path.write_text(record.to_json() + "\n")
     return {"audit_path": str(path), **record.model_dump(mode="json")}

@@ -3,11 +3,15 @@
 The original is version 1 with the `champion` alias. Each request's candidate becomes a new
 version whose tags (request, data versions, gate verdict) are written in the same call that
 creates it, so a crash can never leave an untagged version that a rerun would not recognise.
-The alias moves only when every gate holds; a failed candidate is tagged `rejected`.
+The alias moves only when every gate holds (or a reviewer approves); a failed candidate is
+tagged `rejected` and its description opens with a `# REJECTED — …` headline, so it cannot be
+mistaken for a good one in the MLflow UI. Every move of the alias the pipeline makes is recorded
+as the registered-model tag `pipeline_champion`, so a move made by hand is noticed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from tasks import plots
-from tasks.evaluation import GateReport
+from tasks.gate_report import GateReport
 from tasks.quiet import quiet_logger
 from tasks.requests import DeletionRequest
 from tasks.settings import Settings
@@ -37,6 +41,7 @@ from uib.train import predict_proba
 # Explicit requirements keep MLflow from inferring them by importing and probing the model.
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 APPROVED, REJECTED = "passed", "failed"
+PIPELINE_CHAMPION = "pipeline_champion"
 
 
 def use_store(settings: Settings) -> None:
@@ -127,7 +132,40 @@ def log_model(model: nn.Module, settings: Settings, example: np.ndarray,
 
 
 def promote(client: MlflowClient, settings: Settings, version: str) -> None:
+    """Move the alias and record the move as the pipeline's own (`pipeline_champion`)."""
     client.set_registered_model_alias(settings.model_name, settings.champion_alias, version)
+    client.set_registered_model_tag(settings.model_name, PIPELINE_CHAMPION, version)
+
+
+def recorded_champion(client: MlflowClient, settings: Settings) -> str | None:
+    """The version the pipeline last made champion; None for a registry older than the record."""
+    try:
+        return client.get_registered_model(settings.model_name).tags.get(PIPELINE_CHAMPION)
+    except MlflowException:
+        return None
+
+
+def headline(verdict: str, request_id: str, detail: str) -> str:
+    """The first line of a candidate's description: `# REJECTED — request req-42: failed …`."""
+    return f"# {verdict.upper()} — request {request_id}: {detail}"
+
+
+def set_headline(client: MlflowClient, settings: Settings, version: str, line: str) -> None:
+    """Replace the description's headline (a review changes the verdict, not the record)."""
+    current = client.get_model_version(settings.model_name, version).description or ""
+    body = current.split("\n", 1)[1] if current.startswith("# ") and "\n" in current else current
+    client.update_model_version(settings.model_name, version,
+                                description=f"{line}\n{body}" if body else line)
+
+
+def tag_version(client: MlflowClient, settings: Settings, version: str, **tags: str) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+
+
+def untag_version(client: MlflowClient, settings: Settings, version: str, key: str) -> None:
+    with contextlib.suppress(MlflowException):  # already gone
+        client.delete_model_version_tag(settings.model_name, version, key)
 
 
 def gate_report_of(version: ModelVersion) -> GateReport:
@@ -137,7 +175,7 @@ def gate_report_of(version: ModelVersion) -> GateReport:
 
 
 def log_request_run(request: DeletionRequest, report: UnlearnReport, gates: GateReport,
-                    validation: ValidationReport, figures: dict) -> None:
+                    validation: ValidationReport | None, figures: dict) -> None:
     """Params, metrics, reports and figures of one request, in the active run."""
     mlflow.set_tags({"request_id": request.request_id, "reason": request.reason})
     mlflow.log_params({"method": report.method,
@@ -152,8 +190,9 @@ def log_request_run(request: DeletionRequest, report: UnlearnReport, gates: Gate
     mlflow.log_dict(gates.model_dump(mode="json"), "gate_report.json")
     mlflow.log_text(gates.to_markdown(), "gate_report.md")
     mlflow.log_dict(report.model_dump(mode="json"), "unlearn_report.json")
-    mlflow.log_dict(validation.gx_result, "gx_validation_result.json")
-    mlflow.log_text(validation.to_markdown(), "shift_validation.md")
+    if validation is not None:  # None: a retry after the erasure, validated by the first run
+        mlflow.log_dict(validation.gx_result, "gx_validation_result.json")
+        mlflow.log_text(validation.to_markdown(), "shift_validation.md")
     log_figures(figures)
 
 
@@ -166,15 +205,38 @@ def log_figures(figures: dict) -> None:
         plt.close(fig)
 
 
+def registered_attempt(client: MlflowClient, settings: Settings, request_id: str,
+                       attempt_hash: str) -> ModelVersion | None:
+    """The version a run already registered for this attempt (a rerun after a crash)."""
+    found = find_versions(client, settings, request_id=request_id, attempt=attempt_hash)
+    return found[0] if found else None
+
+
+def request_figures(original: nn.Module, candidate: nn.Module, gates: GateReport,
+                    report: UnlearnReport, retain: Samples, test: Samples,
+                    forget: Samples | None) -> dict:
+    """The request's plots; without the forget set (erased), those that do not read it."""
+    if forget is not None:
+        return plots.request_figures(original, candidate, gates, report, retain, test, forget)
+    figures = {"per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after),
+               "loss_curves": plots.loss_curves(report.loss_curve)}
+    if gates.after.bias_asr is not None:
+        figures["bias_probe"] = plots.bias_probe(gates.before, gates.after)
+    return figures
+
+
 @task(name="register-candidate", cache_policy=NO_CACHE)
 def register_candidate(settings: Settings, request: DeletionRequest, original: nn.Module,
                        candidate: nn.Module, report: UnlearnReport, gates: GateReport,
-                       validation: ValidationReport, versions: dict, retain: Samples,
-                       test: Samples, forget: Samples, parent_version: str) -> tuple[str, str]:
+                       validation: ValidationReport | None, versions: dict, retain: Samples,
+                       test: Samples, forget: Samples | None, parent_version: str,
+                       n_forget: int, extra_tags: dict[str, str] | None = None
+                       ) -> tuple[str, str]:
     """Register the candidate with its tags and records; `champion` moves if the gates hold.
 
     Returns (model version, MLflow run id). A request that already has an approved version
-    gets that one back: nothing is registered twice.
+    gets that one back, and an attempt already registered (same `attempt` tag) gets its version
+    back: nothing is registered twice. `forget` is None for a retry after the erasure.
     """
     client = client_for(settings)
     done = approved_version(client, settings, request.request_id)
@@ -187,19 +249,25 @@ def register_candidate(settings: Settings, request: DeletionRequest, original: n
         "data_version_after": versions["after"]["git_rev"],
         "data_md5_before": versions["before"]["dvc_md5"],
         "data_md5_after": versions["after"]["dvc_md5"],
-        "n_forget": len(forget), "parent_model_version": parent_version,
+        "n_forget": n_forget, "parent_model_version": parent_version,
         "gates": APPROVED if gates.passed else REJECTED,
+        **(extra_tags or {}),
     }
     if not gates.passed:
         tags["rejected"] = gates.message()
-    figures = plots.request_figures(original, candidate, gates, report, retain, test, forget)
+    figures = request_figures(original, candidate, gates, report, retain, test, forget)
     with mlflow.start_run(run_name=request.request_id) as run:
         log_request_run(request, report, gates, validation, figures)
         version = str(log_model(candidate, settings, test.x, tags).version)
+    if gates.passed:
+        verdict = headline("approved", request.request_id, f"every gate holds ({report.method})")
+    else:
+        verdict = headline("rejected", request.request_id,
+                           "failed " + ", ".join(g.name for g in gates.failed))
     client.update_model_version(
         settings.model_name, version,
-        description=f"Deletion request `{request.request_id}`: "
-                    f"{request.reason or 'no reason given'}\n\n"
+        description=f"{verdict}\n\nDeletion request `{request.request_id}`: "
+                    f"{request.reason or 'no reason given'}; method `{report.method}`.\n\n"
                     f"Gates {'passed' if gates.passed else 'FAILED'}.\n\n{gates.to_markdown()}")
     if gates.passed:
         promote(client, settings, version)

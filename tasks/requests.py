@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from prefect import task
@@ -78,6 +79,36 @@ class RequestState(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     FAILED = "failed"
+    HELD = "held"
+    WITHDRAWN = "withdrawn"
+
+
+# A request in one of these states may leave its data commit ahead of the champion without
+# blocking anyone: its forget set is erased (held, rejected on review) or no longer wanted
+# (withdrawn), and every later retain set already excludes its samples.
+PARKED = frozenset({RequestState.HELD, RequestState.REJECTED, RequestState.WITHDRAWN})
+
+
+class Review(BaseModel):
+    """One reviewer's action on a request: who, why, when; kept in the ledger and the audit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["approve", "reject", "retry", "withdraw"]
+    by: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model_version: str | None = Field(None, description="the candidate the action was about")
+
+    @field_validator("by", "reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    def line(self) -> str:
+        return f"{self.action} by {self.by} ({self.at:%Y-%m-%d %H:%M}Z): {self.reason}"
 
 
 class RequestRecord(BaseModel):
@@ -89,12 +120,13 @@ class RequestRecord(BaseModel):
     message: str = ""
     outcome: dict | None = None
     batch_id: str | None = None
+    reviews: list[Review] = Field(default_factory=list, description="oldest first")
     updated_at: datetime
 
     @property
     def is_open(self) -> bool:
-        """Approved requests are done; every other state may be run (again)."""
-        return self.state != RequestState.APPROVED
+        """Approved and withdrawn requests are done; every other state may be run (again)."""
+        return self.state not in (RequestState.APPROVED, RequestState.WITHDRAWN)
 
 
 _HELD: set[Path] = set()
@@ -109,6 +141,7 @@ CREATE TABLE IF NOT EXISTS requests (
     message TEXT NOT NULL DEFAULT '',
     outcome_json TEXT,
     batch_id TEXT,
+    reviews_json TEXT,
     updated_at TEXT NOT NULL
 )
 """
@@ -127,7 +160,8 @@ class RequestLedger:
         with closing(self._connect()) as db, db:
             db.execute(SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
-            for column in ("outcome_json", "batch_id"):  # a ledger written before they were kept
+            # a ledger written before they were kept
+            for column in ("outcome_json", "batch_id", "reviews_json"):
                 if column not in columns:
                     db.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
 
@@ -222,6 +256,19 @@ class RequestLedger:
             )
         return self.get(request_id)
 
+    def review(self, request_id: str, review: Review, state: RequestState,
+               message: str) -> RequestRecord:
+        """Append a reviewer's action to the request's reviews and set its state."""
+        reviews = [*self.get(request_id).reviews, review]
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "UPDATE requests SET state = ?, message = ?, reviews_json = ?, updated_at = ? "
+                "WHERE request_id = ?",
+                (state, message, json.dumps([r.model_dump(mode="json") for r in reviews]), now(),
+                 request_id),
+            )
+        return self.get(request_id)
+
     def list(self, state: RequestState | None = None) -> list[RequestRecord]:
         query, args = "SELECT * FROM requests", ()
         if state is not None:
@@ -239,6 +286,7 @@ class RequestLedger:
             message=row["message"], updated_at=row["updated_at"],
             outcome=json.loads(row["outcome_json"]) if row["outcome_json"] else None,
             batch_id=row["batch_id"],
+            reviews=json.loads(row["reviews_json"]) if row["reviews_json"] else [],
         )
 
 

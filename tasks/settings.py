@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -37,6 +38,21 @@ class GateConfig(BaseModel):
     mia_fraction: float = Field(
         0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level")
     bias_asr_ceiling: float = Field(0.1, description="bias_asr ≤ this, for patch-bias requests")
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="confidence of every gate's interval; a forget-set gate fails only when its "
+        "one-sided bound at this level is on the wrong side of the threshold, and the loss test "
+        "fails when its p-value is under 1 − this",
+    )
+    max_redirect_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="no_redirect: the largest share of forgotten samples predicted as one class "
+        "other than their label stays ≤ this (fails when its lower bound exceeds it)",
+    )
 
 
 class Settings(BaseSettings):
@@ -55,6 +71,13 @@ class Settings(BaseSettings):
     method_config: dict = Field(default_factory=dict)
     device: str = "auto"
     gates: GateConfig = Field(default_factory=GateConfig)
+    on_gate_failure: Literal["retrain", "hold"] = Field(
+        "retrain",
+        description="a candidate that fails a gate is registered `rejected`; then "
+        "`retrain`: the exact fallback (the `retrain` method on the retain set, its own GPU task "
+        "run, the same gates) and the request is approved if it passes, held if not; `hold`: the "
+        "request is held for review (`uib request approve|reject|retry|withdraw`)",
+    )
     shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
     audit_salt: SecretStr | None = Field(
         None, description="default: a random salt kept in <home>/salt")

@@ -3,10 +3,20 @@
 Its result (the candidate model and the report) is persisted under `<home>/results` with a key
 made of the request id, the parent model version, the data version and the method config, so a
 rerun after a crash later in the flow takes the candidate back instead of unlearning again.
+The exact fallback (`retrain`) is the same task with the method overridden in its settings, so
+it is a task run of its own with a key of its own.
+
+Once a request's forget samples are erased, only a method that reads none of them can run for it
+(`FORGET_FREE`): `uib.unlearn` refuses an empty forget set, so such a method is run from the
+registry directly on the retain set (`unlearn_without_forget`).
 """
 
 from __future__ import annotations
 
+import copy
+import time
+
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from torch import nn
@@ -14,12 +24,14 @@ from torch import nn
 import uib
 from tasks.registry import config_hash, load_version
 from tasks.settings import Settings
-from uib.api import UnlearnReport
+from uib import methods
+from uib.api import UnlearnReport, param_shift
 from uib.device import select_device
 from uib.samples import Samples
-from uib.train import TrainConfig
+from uib.train import TrainConfig, to_tensors
 
 GPU_TAG = "gpu"
+FORGET_FREE = frozenset({"retrain"})  # registry methods that never read the forget set
 
 
 def ensure_gpu_limit(limit: int = 1) -> None:
@@ -41,18 +53,49 @@ def ensure_gpu_limit(limit: int = 1) -> None:
 
 @task(name="unlearn", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, timeout_seconds=3600,
       cache_policy=NO_CACHE)
-def unlearn_task(settings: Settings, model_version: str, forget: Samples, retain: Samples,
-                 validation: Samples, recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
+def unlearn_task(settings: Settings, model_version: str, forget: Samples | None,
+                 retain: Samples, validation: Samples,
+                 recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
     """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU."""
     original = load_version(settings, model_version)
     device = select_device(settings.device)
-    candidate, report = uib.unlearn(
-        original, forget, retain, settings.method, settings.method_config,
-        train_config=recipe, validation=validation, device=device, seed=settings.scenario.seed,
-    )
+    if forget is None:
+        candidate, report = unlearn_without_forget(original, retain, settings, recipe, device)
+    else:
+        candidate, report = uib.unlearn(
+            original, forget, retain, settings.method, settings.method_config,
+            train_config=recipe, validation=validation, device=device,
+            seed=settings.scenario.seed,
+        )
     get_run_logger().info("%s on %s: %.2f s %s", settings.method, device, report.time_s,
                           report.phase_seconds)
     return candidate.cpu().eval(), report
+
+
+def unlearn_without_forget(original: nn.Module, retain: Samples, settings: Settings,
+                           recipe: TrainConfig, device) -> tuple[nn.Module, UnlearnReport]:
+    """A `FORGET_FREE` method on the retain set alone, reported as `uib.unlearn` reports it."""
+    if settings.method not in FORGET_FREE:
+        raise ValueError(f"method {settings.method!r} reads the forget set, which is erased; "
+                         f"only {sorted(FORGET_FREE)} can run")
+    entry = methods.get(settings.method)
+    config = entry.config_cls.model_validate(settings.method_config)
+    original = copy.deepcopy(original).to(device).eval()
+    rx, ry = to_tensors(retain, device)
+    nothing = torch.empty((0, *rx.shape[1:]), dtype=rx.dtype, device=device)
+    ctx = methods.UnlearnContext(
+        original=original, forget_x=nothing, forget_y=ry[:0], retain_x=rx, retain_y=ry,
+        val_x=None, val_y=None, device=device, train_config=recipe,
+        num_classes=original.spec.num_classes, seed=settings.scenario.seed, progress=False)
+    torch.manual_seed(settings.scenario.seed)
+    start = time.perf_counter()
+    result = entry.run(copy.deepcopy(original), ctx, config).eval()
+    report = UnlearnReport(
+        method=settings.method, config=config.model_dump(), losses=ctx.losses,
+        loss_curve=ctx.loss_curve, param_shift=param_shift(original, result),
+        phase_seconds=ctx.phase_seconds, time_s=time.perf_counter() - start, n_forget=0,
+        n_retain=len(retain), device=str(device), notes={"forget_set": "erased before this run"})
+    return result, report
 
 
 def candidate_key(settings: Settings, model_version: str, data_md5: str,
@@ -64,15 +107,16 @@ def candidate_key(settings: Settings, model_version: str, data_md5: str,
 
 
 def run_unlearning(settings: Settings, request_id: str, model_version: str, data_md5: str,
-                   forget: Samples, retain: Samples, validation: Samples,
+                   forget: Samples | None, retain: Samples, validation: Samples,
                    recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
-    """`unlearn_task` with its result persisted under `candidate_key`.
+    """`unlearn_task` with its result persisted under `candidate_key`, named by its method.
 
-    One folder per request, removed when the request is approved.
+    One folder per request, removed when the request is closed.
     """
     key = candidate_key(settings, model_version, data_md5, recipe)
     persisted = unlearn_task.with_options(
         cache_policy=CachePolicy.from_cache_key_fn(lambda *_: key), persist_result=True,
         result_storage=settings.results_dir / request_id,
+        task_run_name=f"unlearn-{settings.method}",
     )
     return persisted(settings, model_version, forget, retain, validation, recipe)

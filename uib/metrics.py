@@ -68,25 +68,33 @@ class MembershipAttack:
         return float((self.member_probability(features) < 0.5).mean())
 
 
-def loss_rank(forget_loss: np.ndarray, forget_y: np.ndarray, test_loss: np.ndarray,
-              test_y: np.ndarray) -> float:
-    """Mean rank (0–1, ties half) of the forget samples' losses among test losses of their label.
+def loss_percentiles(losses: np.ndarray, labels: np.ndarray, reference_losses: np.ndarray,
+                     reference_labels: np.ndarray) -> np.ndarray:
+    """Per sample, the share of reference losses of its label below its loss (ties count half);
+    NaN where the reference has no sample of that label.
 
-    0.5 for samples the model never saw (a retrained model's view of a scattered forget set);
-    well below it for remembered ones. Labels the test set lacks rank against every test loss.
+    Against held-out references a sample the model never saw scores 0.5 on average — so does,
+    under a retrained model, a forgotten sample exchangeable with them; a remembered one scores
+    near 0.
     """
-    ranks = np.empty(len(forget_loss))
-    for label in np.unique(forget_y):
-        rows = forget_y == label
-        pool = np.sort(test_loss[test_y == label] if np.any(test_y == label) else test_loss)
-        below = np.searchsorted(pool, forget_loss[rows], side="left")
-        at_or_below = np.searchsorted(pool, forget_loss[rows], side="right")
-        ranks[rows] = (below + at_or_below) / (2 * len(pool))
-    return float(ranks.mean()) if len(ranks) else float("nan")
+    out = np.full(len(losses), np.nan)
+    for label in np.unique(labels):
+        pool = np.sort(reference_losses[reference_labels == label])
+        if len(pool):
+            rows = labels == label
+            below = np.searchsorted(pool, losses[rows], side="left")
+            at_or_below = np.searchsorted(pool, losses[rows], side="right")
+            out[rows] = (below + at_or_below) / (2 * len(pool))
+    return out
 
 
-def cross_entropy(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
-    return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y), reduction="none").numpy()
+def per_sample_loss(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each row, in float64 so confident rows keep distinct (nonzero) losses."""
+    if len(y) == 0:
+        return np.zeros(0)
+    return torch.nn.functional.cross_entropy(
+        logits.double(), torch.as_tensor(np.asarray(y), dtype=torch.long), reduction="none"
+    ).numpy()
 
 
 def phi(a: np.ndarray, b: np.ndarray) -> float:
@@ -137,8 +145,9 @@ def evaluate(model: nn.Module, retain: Samples, forget: Samples, test: Samples, 
         forget_acc=forget_acc,
         mia_efficacy=attack.nonmember_rate(mia_features(logits["forget"], forget.y)),
         mia_test_level=attack.nonmember_rate(mia_features(logits["test"], test.y)),
-        forget_loss_rank=loss_rank(cross_entropy(logits["forget"], forget.y), forget.y,
-                                   cross_entropy(logits["test"], test.y), test.y),
+        forget_loss_rank=float(np.nanmean(loss_percentiles(
+            per_sample_loss(logits["forget"], forget.y), forget.y,
+            per_sample_loss(logits["test"], test.y), test.y))) if len(forget) else None,
         per_class_acc=per_class,
     )
     name = getattr(scenario, "name", None)

@@ -1,5 +1,10 @@
+import copy
+from pathlib import Path
+
 import pytest
 from s3_server import CREDENTIALS, start_s3_server
+
+from tasks.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +46,45 @@ def prefect_harness():
         patch.delenv("UIB_HOME", raising=False)
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Settings:
+    """A state folder where the real `train` flow versioned the data and registered v1."""
+    from flows.train import train_flow
+    from tasks.data_versioning import DataRepo
+
+    settings = Settings(home=tmp_path_factory.mktemp("trained") / "uib")
+    result = train_flow(settings.overrides())
+    assert result == {"model_version": "1", "trained": True}
+    assert DataRepo(settings.data_repo).current().dvc_md5 == shipped_md5()
+    return settings
+
+
+@pytest.fixture(scope="module")
+def original(trained):
+    from tasks.registry import load_version
+
+    return load_version(trained, "1")
+
+
+def shipped_md5() -> str:
+    text = (Path(__file__).resolve().parents[2] / "data.dvc").read_text()
+    return next(line.split()[-1] for line in text.splitlines() if "md5:" in line)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, original) -> Settings:
+    """A fresh state folder: data versioned, the original registered as champion v1."""
+    import flows.train
+    from flows.train import train_flow
+    from uib.train import TrainHistory
+
+    monkeypatch.setattr(
+        flows.train,
+        "train_original",
+        lambda scenario, settings: (copy.deepcopy(original), TrainHistory()),
+    )
+    settings = Settings(home=tmp_path / "uib")
+    assert train_flow(settings.overrides()) == {"model_version": "1", "trained": True}
+    return settings

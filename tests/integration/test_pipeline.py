@@ -1,12 +1,11 @@
 """End to end: the train and unlearn flows against real Prefect, MLflow, DVC and GX.
 
-The original is trained once for the module by the real `train` flow, in a state folder that
-the tests of refused requests share (a refusal changes nothing but the ledger). Every test that
-changes state gets a folder of its own, whose `train` flow registers a copy of that model
-instead of training again (versioning the data and registering for real).
+The original is trained once for the module by the real `train` flow (`trained`, in
+conftest.py), in a state folder that the tests of refused requests share (a refusal changes
+nothing but the ledger). Every test that changes state gets a folder of its own (`home`), whose
+`train` flow registers a copy of that model instead of training again.
 """
 
-import copy
 import json
 from pathlib import Path
 
@@ -21,50 +20,12 @@ from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 from uib.data import load_dataset
 from uib.scenarios import build_scenario
-from uib.train import TrainHistory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.usefixtures("prefect_harness")]
 
 FAULTY = DeletionRequest(request_id="remove-faulty", where={"source": "faulty"},
                          reason="faulty source")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Settings:
-    """A state folder where the real `train` flow versioned the data and registered v1."""
-    from flows.train import train_flow
-
-    settings = Settings(home=tmp_path_factory.mktemp("trained") / "uib")
-    result = train_flow(settings.overrides())
-    assert result == {"model_version": "1", "trained": True}
-    assert DataRepo(settings.data_repo).current().dvc_md5 == shipped_md5()
-    return settings
-
-
-@pytest.fixture(scope="module")
-def original(trained):
-    from tasks.registry import load_version
-
-    return load_version(trained, "1")
-
-
-def shipped_md5() -> str:
-    text = (Path(__file__).resolve().parents[2] / "data.dvc").read_text()
-    return next(line.split()[-1] for line in text.splitlines() if "md5:" in line)
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch, original) -> Settings:
-    """A fresh state folder: data versioned, the original registered as champion v1."""
-    import flows.train
-    from flows.train import train_flow
-
-    monkeypatch.setattr(flows.train, "train_original",
-                        lambda scenario, settings: (copy.deepcopy(original), TrainHistory()))
-    settings = Settings(home=tmp_path / "uib")
-    assert train_flow(settings.overrides()) == {"model_version": "1", "trained": True}
-    return settings
 
 
 def client_of(settings: Settings) -> MlflowClient:
@@ -149,36 +110,41 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     assert train_flow(home.overrides())["trained"] is False
 
 
-def test_a_failed_gate_keeps_the_champion_and_the_request_open(home):
-    from flows.unlearn import GatesFailed, RequestRefused
+def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home):
+    from flows.unlearn import GatesFailed, RequestNotRunnable
 
-    with pytest.raises(GatesFailed, match="test_accuracy_retained"):
+    # gates no model can pass: UIB fails, the exact fallback (`retrain`) fails too
+    with pytest.raises(GatesFailed, match="held for review.*test_accuracy_retained"):
         run(FAULTY, home, gates={"max_ta_drop_pp": -50.0})
-    assert champion_version(home) == "1"
-    rejected = client_of(home).get_model_version(home.model_name, "2")
-    assert "test_accuracy_retained" in rejected.tags["rejected"]
-    assert rejected.tags["gates"] == "failed"
+    assert champion_version(home) == "1" and versions(home) == ["1", "2", "3"]
+    client = client_of(home)
+    uib_candidate, fallback = (client.get_model_version(home.model_name, v) for v in ("2", "3"))
+    assert uib_candidate.tags["method"] == "uib" and fallback.tags["method"] == "retrain"
+    assert fallback.tags["fallback_for"] == "2"
+    for rejected in (uib_candidate, fallback):
+        assert "test_accuracy_retained" in rejected.tags["rejected"]
+        assert rejected.tags["gates"] == "failed"
+        assert rejected.description.startswith(
+            "# REJECTED — request remove-faulty: failed test_accuracy_retained")
     record = RequestLedger(home.ledger_path).get("remove-faulty")
-    assert record.state == RequestState.REJECTED and record.is_open
-    assert "test_accuracy_retained" in record.message and record.model_version == "2"
-    assert not (home.audit_dir / "remove-faulty.json").exists()
+    assert record.state == RequestState.HELD and record.is_open
+    assert "test_accuracy_retained" in record.message and record.model_version == "3"
+    audit = json.loads((home.audit_dir / "remove-faulty.json").read_text())
+    assert audit["model_outcome"] == "held" and audit["n_forgotten"] == 123
+    assert not (home.stage_dir("remove-faulty") / "forget.npz").exists()
     outcome_md = Artifact.get("request-remove-faulty").data
-    assert "**rejected**" in outcome_md and "**FAIL**" in outcome_md
+    assert "**held**" in outcome_md and "**FAIL**" in outcome_md
 
-    # while it is open, the data is ahead of the champion: another request must wait
+    # the held request blocks nobody: another one proceeds on top of its data version
     other = DeletionRequest(request_id="other", sample_ids=["digits-train-00003"])
-    with pytest.raises(RequestRefused, match="ahead of the champion"):
-        run(other, home)
-    assert versions(home) == ["1", "2"]
+    outcome = run(other, home)
+    assert outcome["state"] == "approved" and outcome["parent_model_version"] == "1"
+    assert champion_version(home) == outcome["model_version"]
 
-    # reviewed and run again with the default gates: approved, the candidate taken back from
-    # the persisted task result rather than unlearned again
-    cached = list((home.results_dir / "remove-faulty").iterdir())
-    assert len(cached) == 1
-    outcome = run(FAULTY, home)
-    assert outcome["state"] == "approved" and outcome["model_version"] == "3"
-    assert champion_version(home) == "3" and versions(home) == ["1", "2", "3"]
-    assert outcome["parent_model_version"] == "1"
+    # sent again, the held request waits for its review (`uib request …`, test_review.py)
+    with pytest.raises(RequestNotRunnable, match="held for review"):
+        run(FAULTY, home)
+    assert RequestLedger(home.ledger_path).get("remove-faulty").state == RequestState.HELD
 
 
 @pytest.mark.parametrize(("request_id", "request_fields", "reason"), [

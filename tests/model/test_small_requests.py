@@ -8,10 +8,9 @@ corruption and a whole class stay systematic.
 import numpy as np
 import pytest
 import torch
-
-import uib
 from test_unlearning import SEEDS, trained_original
 
+import uib
 from uib.metrics import evaluate
 from uib.train import predict_logits
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from scipy.stats import mannwhitneyu
@@ -36,6 +37,7 @@ from uib.curvature import (
 )
 from uib.methods.base import MethodConfig, UnlearnContext, register
 from uib.methods.common import stratified_sample
+from uib.metrics import loss_percentiles, per_sample_loss
 from uib.prior import clip_step, damping, if_direction
 
 DEFAULT_ETA_GRID = [round(10 ** (k / 2), 12) for k in range(-12, 1)]  # 1e-6, 3.2e-6, …, 1
@@ -293,30 +295,21 @@ def detect_regime(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config
 
 
 def loss_ranks(model: nn.Module, scorer: ForgetScore) -> torch.Tensor:
-    """Rank (0–1) of each forget row's loss among held-out losses of the same label.
-
-    A held-out sample ranks uniformly by definition, and so does, under a retrained model, a
-    training sample exchangeable with it. Ties count half. Labels without held-out rows are
-    ranked against every held-out row.
-    """
+    """Each forget row's `uib.metrics.loss_percentiles` among the held-out rows' losses: 0.5 on
+    average for samples exchangeable with held-out data under a model that never saw them."""
     def losses(x, y):
-        return -torch.log(own_label_conf(model, x, y).clamp_min(1e-12))
+        return per_sample_loss(logits_of(model, x).cpu(), y.cpu().numpy())
 
-    forget, held_out = losses(scorer.forget_x, scorer.forget_y), losses(scorer.val_x, scorer.val_y)
-    ranks = torch.empty_like(forget)
-    for label in scorer.forget_y.unique():
-        rows = scorer.forget_y == label
-        pool = held_out[scorer.val_y == label]
-        pool = (pool if len(pool) else held_out).sort().values
-        below = torch.searchsorted(pool, forget[rows], right=False)
-        at_or_below = torch.searchsorted(pool, forget[rows], right=True)
-        ranks[rows] = (below + at_or_below).float() / (2 * len(pool))
-    return ranks
+    ranks = loss_percentiles(losses(scorer.forget_x, scorer.forget_y), scorer.forget_y.cpu().numpy(),
+                             losses(scorer.val_x, scorer.val_y), scorer.val_y.cpu().numpy())
+    return torch.as_tensor(ranks[~np.isnan(ranks)])
 
 
 def remembered_p(ranks: torch.Tensor) -> float:
     """One-sided p-value of "these ranks are uniform" against "they are low" (remembered):
     the normal approximation to the mean of n uniform ranks, variance 1 / (12 n)."""
+    if not len(ranks):
+        return 1.0
     z = (float(ranks.mean()) - 0.5) / (12 * len(ranks)) ** -0.5
     return float(0.5 * torch.erfc(torch.tensor(-z / 2**0.5)))
 

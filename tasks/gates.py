@@ -1,0 +1,370 @@
+"""The gates of EVALUATION.md: a registry of named checks on a candidate's metrics and evidence.
+
+No retrained model exists in the pipeline, so each gate compares the candidate with the
+original or with itself. Gates are a registry of named checks; a check returns None where it
+does not apply to the request (MIA for patch-bias requests, the bias probe for the others, the
+redirect check when a whole class is removed).
+
+Every gate states what it measures, on how many rows, and its uncertainty at
+`GateConfig.confidence`:
+
+- retained performance (TA, RA) is decided on the point value: before and after are measured on
+  the same rows, so the difference is exact for those rows; the report adds the paired interval
+  of the difference from the discordant rows;
+- proportions over the forget set (forget accuracy, MIA-Efficacy, the redirect share) are
+  decided by a one-sided Clopper–Pearson bound: they fail only when the bound lies entirely on
+  the wrong side of the threshold. Where even the most extreme outcome at this size could not
+  fail, the gate passes as *not decidable* and names the gate that decides instead;
+- `forget_loss_like_unseen` is the test that works at any size: a class-stratified permutation
+  rank test of the forgotten samples' losses against unseen (test) losses.
+
+`apply_gates` without `Evidence` (per-row facts) decides on the point values alone, as reports
+did before; `evaluate_candidate` always gathers the evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.gate_report import GateReport, GateResult
+from tasks.gate_stats import cp_lower, cp_two_sided, cp_upper, loss_rank_test, paired_difference
+from tasks.settings import GateConfig
+from uib.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per-row facts behind the gates, gathered by `evaluate_candidate` from both models.
+
+    Correctness vectors are booleans per row, before (original) and after (candidate); losses
+    are the candidate's per-sample cross-entropy against each row's label; `forget_pred` is the
+    candidate's predicted class of each forgotten sample.
+    """
+
+    forget_y: np.ndarray
+    forget_pred: np.ndarray
+    forget_loss: np.ndarray
+    test_y: np.ndarray
+    test_loss: np.ndarray
+    test_correct: tuple[np.ndarray, np.ndarray]
+    retain_correct: tuple[np.ndarray, np.ndarray]
+    removes_class: bool = False
+    bias_probe_n: int | None = None
+    sanity_n: int | None = None
+
+    @property
+    def n_forget(self) -> int:
+        return len(self.forget_y)
+
+
+@dataclass(frozen=True)
+class GateInput:
+    before: Metrics
+    after: Metrics
+    config: GateConfig
+    patch_bias_request: bool
+    sane: bool
+    evidence: Evidence | None = None
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.config.confidence
+
+
+Gate = Callable[[GateInput], GateResult | None]
+GATES: dict[str, Gate] = {}
+
+
+def gate(name: str) -> Callable[[Gate], Gate]:
+    def register(check: Gate) -> Gate:
+        GATES[name] = check
+        return check
+
+    return register
+
+
+def at_least(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
+    passed = math.isfinite(value) and value >= threshold
+    return GateResult(
+        name=name, value=value, threshold=threshold, passed=passed, rule=rule, **details
+    )
+
+
+def at_most(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
+    passed = math.isfinite(value) and value <= threshold
+    return GateResult(
+        name=name, value=value, threshold=threshold, passed=passed, rule=rule, **details
+    )
+
+
+# --- the gates --------------------------------------------------------------------------------
+
+
+def not_decidable(n: int, judged_by: str) -> str:
+    return f"not decidable at this size (n = {n}); judged by {judged_by}"
+
+
+def retained_gate(
+    name: str,
+    metric: str,
+    after: float,
+    before: float,
+    drop_pp: float,
+    rows: str,
+    correct: tuple[np.ndarray, np.ndarray] | None,
+    alpha: float,
+) -> GateResult:
+    rule = f"{metric} ≥ {metric}_original − {drop_pp:g} pp"
+    threshold = before - drop_pp / 100
+    if correct is None:
+        return at_least(name, after, threshold, rule, statistic=f"{metric}: accuracy on the {rows}")
+    n = len(correct[0])
+    diff, (low, high), discordant = paired_difference(*correct, alpha)
+    statistic = (
+        f"{metric}: accuracy on the {n} {rows}; after − before {diff:+.4f}, paired "
+        f"interval [{low:+.4f}, {high:+.4f}] from {discordant} discordant rows"
+    )
+    interval = (before + low, before + high) if math.isfinite(low) else None
+    return at_least(name, after, threshold, rule, statistic=statistic, n=n, interval=interval)
+
+
+def bounded_proportion(
+    name: str,
+    value: float,
+    n: int | None,
+    threshold: float,
+    rule: str,
+    statistic: str,
+    alpha: float,
+    fails_above: bool,
+    judged_by: str,
+) -> GateResult:
+    """A proportion over the forget set, decided by its one-sided Clopper–Pearson bound.
+
+    `fails_above`: the gate fails when the lower bound exceeds the threshold; otherwise when
+    the upper bound is below it. Not decidable when all n rows on the wrong side could not fail.
+    """
+    if n is None or n == 0 or not math.isfinite(value):
+        check = at_most if fails_above else at_least
+        return check(name, value, threshold, rule, statistic=statistic, n=n)
+    k = int(round(value * n))
+    if fails_above:
+        bound, extreme = cp_lower(k, n, alpha), cp_lower(n, n, alpha)
+        interval = (bound, 1.0)
+        passed, decidable = bound <= threshold, extreme > threshold
+    else:
+        bound, extreme = cp_upper(k, n, alpha), cp_upper(0, n, alpha)
+        interval = (0.0, bound)
+        passed, decidable = bound >= threshold, extreme < threshold
+    return GateResult(
+        name=name,
+        value=value,
+        threshold=threshold,
+        passed=passed,
+        rule=rule,
+        statistic=statistic,
+        n=n,
+        interval=interval,
+        decidable=decidable,
+        judged_by=None if decidable else not_decidable(n, judged_by),
+    )
+
+
+@gate("test_accuracy_retained")
+def _test_accuracy(g: GateInput) -> GateResult:
+    correct = g.evidence.test_correct if g.evidence else None
+    return retained_gate(
+        "test_accuracy_retained",
+        "TA",
+        g.after.TA,
+        g.before.TA,
+        g.config.max_ta_drop_pp,
+        "test rows",
+        correct,
+        g.alpha,
+    )
+
+
+@gate("retain_accuracy_retained")
+def _retain_accuracy(g: GateInput) -> GateResult:
+    correct = g.evidence.retain_correct if g.evidence else None
+    return retained_gate(
+        "retain_accuracy_retained",
+        "RA",
+        g.after.RA,
+        g.before.RA,
+        g.config.max_ra_drop_pp,
+        "retained training rows",
+        correct,
+        g.alpha,
+    )
+
+
+def _forget_judge(g: GateInput) -> str:
+    return (
+        "bias_asr and forget_loss_like_unseen"
+        if g.patch_bias_request
+        else "forget_loss_like_unseen"
+    )
+
+
+@gate("forget_like_unseen")
+def _forget_like_unseen(g: GateInput) -> GateResult:
+    margin = g.config.forget_acc_margin_pp
+    n = g.evidence.n_forget if g.evidence else None
+    rows = "forgotten samples" if n is None else f"{n} forgotten samples"
+    return bounded_proportion(
+        "forget_like_unseen",
+        g.after.forget_acc,
+        n,
+        g.after.TA + margin / 100,
+        f"forget accuracy ≤ TA + {margin:g} pp",
+        f"accuracy on the {rows} (one-sided lower bound)",
+        g.alpha,
+        fails_above=True,
+        judged_by=_forget_judge(g),
+    )
+
+
+@gate("forget_loss_like_unseen")
+def _forget_loss_like_unseen(g: GateInput) -> GateResult | None:
+    """Forgotten samples' losses against unseen ones: significantly lower = still remembered."""
+    e = g.evidence
+    if e is None:
+        return None
+    result = loss_rank_test(e.forget_loss, e.forget_y, e.test_loss, e.test_y, g.alpha)
+    decidable = result.best_p < g.alpha
+    passed = (not decidable) or result.p_value >= g.alpha
+    statistic = (
+        f"mean percentile of the {result.n} forgotten samples' losses among unseen "
+        f"test losses of their class (0.5 = like unseen; median "
+        f"{result.median_percentile:.2f}); one-sided permutation p = {result.p_value:.4f}"
+    )
+    judge = "bias_asr" if g.patch_bias_request else "forget_like_unseen and mia_efficacy"
+    return GateResult(
+        name="forget_loss_like_unseen",
+        value=result.mean_percentile,
+        threshold=0.5,
+        passed=passed,
+        rule=f"forgotten losses not lower than unseen ones (p ≥ {g.alpha:.2g})",
+        statistic=statistic,
+        n=result.n,
+        interval=None if result.n == 0 else (0.0, result.upper),
+        decidable=decidable,
+        judged_by=None if decidable else not_decidable(result.n, judge),
+        p_value=result.p_value,
+    )
+
+
+@gate("mia_efficacy")
+def _mia_efficacy(g: GateInput) -> GateResult | None:
+    """The retain-calibrated level is the attack's non-member rate on truly unseen test data."""
+    if g.patch_bias_request:
+        return None
+    fraction = g.config.mia_fraction
+    n = g.evidence.n_forget if g.evidence else None
+    rows = "forgotten samples" if n is None else f"{n} forgotten samples"
+    return bounded_proportion(
+        "mia_efficacy",
+        g.after.mia_efficacy,
+        n,
+        fraction * g.after.mia_test_level,
+        f"MIA-Efficacy ≥ {fraction:g} × retain-calibrated level",
+        f"share of the {rows} a membership attack calls non-members (one-sided upper bound)",
+        g.alpha,
+        fails_above=False,
+        judged_by="forget_loss_like_unseen",
+    )
+
+
+@gate("bias_asr")
+def _bias_asr(g: GateInput) -> GateResult | None:
+    if not g.patch_bias_request:
+        return None
+    ceiling = g.config.bias_asr_ceiling
+    value = math.nan if g.after.bias_asr is None else g.after.bias_asr
+    n = g.evidence.bias_probe_n if g.evidence else None
+    rows = "patched test images" if n is None else f"{n} patched test images"
+    interval = None
+    if n and math.isfinite(value):
+        interval = cp_two_sided(int(round(value * n)), n, g.alpha)
+    return at_most(
+        "bias_asr",
+        value,
+        ceiling,
+        f"bias_asr ≤ {ceiling:g}",
+        statistic=f"share of the {rows} of other classes predicted as the target class",
+        n=n,
+        interval=interval,
+    )
+
+
+@gate("no_redirect")
+def _no_redirect(g: GateInput) -> GateResult | None:
+    """A forgotten slice must not collapse onto one other class.
+
+    The share of forgotten samples predicted as class j, over classes j other than each
+    sample's label; the largest one is bounded below (Bonferroni over the classes that could
+    reach the ceiling together). Not applicable when the request removes a whole class: its
+    images must then go somewhere.
+    """
+    e = g.evidence
+    if e is None or e.removes_class or e.n_forget == 0:
+        return None
+    ceiling = g.config.max_redirect_share
+    wrong = e.forget_pred[e.forget_pred != e.forget_y]
+    counts = np.bincount(wrong.astype(int)) if len(wrong) else np.zeros(1, int)
+    top = int(np.argmax(counts))
+    share = float(counts[top]) / e.n_forget
+    together = max(1, math.ceil(1 / ceiling))
+    where = f" (class {top})" if counts[top] else ""
+    return bounded_proportion(
+        "no_redirect",
+        share,
+        e.n_forget,
+        ceiling,
+        f"redirect share ≤ {ceiling:g}",
+        f"largest share of the {e.n_forget} forgotten samples predicted as one class other than "
+        f"their label{where} (one-sided lower bound)",
+        g.alpha / together,
+        fails_above=True,
+        judged_by="test_accuracy_retained and retain_accuracy_retained (so few samples cannot "
+        "show a collapse)",
+    )
+
+
+@gate("sanity")
+def _sanity(g: GateInput) -> GateResult:
+    n = g.evidence.sanity_n if g.evidence else None
+    rows = "test rows" if n is None else f"{n} test rows"
+    return at_least(
+        "sanity",
+        float(g.sane),
+        1.0,
+        "finite parameters, outputs a valid distribution",
+        statistic=f"parameters finite and softmax sums to one on {rows}",
+        n=n,
+    )
+
+
+def apply_gates(
+    before: Metrics,
+    after: Metrics,
+    config: GateConfig,
+    patch_bias_request: bool,
+    sane: bool,
+    evidence: Evidence | None = None,
+) -> GateReport:
+    inputs = GateInput(before, after, config, patch_bias_request, sane, evidence)
+    results = [r for check in GATES.values() if (r := check(inputs)) is not None]
+    return GateReport(
+        passed=all(r.passed for r in results),
+        gates=results,
+        before=before,
+        after=after,
+        confidence=config.confidence,
+    )
