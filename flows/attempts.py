@@ -11,7 +11,6 @@ so a rerun after a crash takes a registered attempt back instead of registering 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,18 +36,13 @@ from uib.samples import Samples
 from uib.scenarios import ScenarioConfig
 from uib.train import TrainConfig
 
-NOT_MEASURED = (
-    "not measured: the forget samples are erased, and a forget-free method never "
-    "saw them (exact by construction)"
-)
-
 
 @dataclass(frozen=True)
 class Job:
     """What every attempt of one run shares: the request, its data and the parent model.
 
     `forget` is None for a retry after the erasure: then only a forget-free method can run and
-    the gates that read the forget set are not measured (`gates_without_forget`).
+    the gates that read the forget set are not measured (`tasks.gates.READS_FORGET`).
     """
 
     request: DeletionRequest
@@ -137,19 +131,17 @@ def run_attempt(job: Job, settings: Settings, fallback_for: str | None) -> Attem
         job.held_out,
         job.recipe,
     )
-    if job.forget is not None:
-        gates = evaluate_candidate(
-            job.original,
-            candidate,
-            job.retain,
-            job.forget,
-            job.test,
-            job.scenario,
-            settings.gates,
-            job.patch_bias,
-        )
-    else:
-        gates = gates_without_forget(job, candidate, settings)
+    erased = job.retain.take(np.arange(0))  # no forget sample: its gates are not measured
+    gates = evaluate_candidate(
+        job.original,
+        candidate,
+        job.retain,
+        job.forget if job.forget is not None else erased,
+        job.test,
+        job.scenario,
+        settings.gates,
+        job.patch_bias,
+    )
     tags = {"attempt": key, "removes_bias_slice": str(job.patch_bias).lower()}
     if fallback_for:
         tags["fallback_for"] = fallback_for
@@ -196,78 +188,3 @@ def unlearn_remotely(
             f"the unlearning step {settings.gpu_deployment!r} completed but its candidate is not "
             f"in {settings.results_dir / request_id}: the step's work pool must share UIB_HOME"
         )
-
-
-def gates_without_forget(job: Job, candidate: nn.Module, settings: Settings) -> GateReport:
-    """The gates of a forget-free candidate once the forget samples are erased.
-
-    Which gates read the forget set is `tasks.evaluation`'s business, so it is measured here
-    rather than listed: the candidate is evaluated twice, once with samples both models trained
-    on and once with samples neither saw standing in for the forget set. A gate (or metric)
-    that answers the same both times does not read the forget set and is kept as measured; one
-    that answers differently is recorded as not measured (passed, value NaN), which for
-    `retrain` holds by construction: it never saw the forgotten samples.
-    """
-    unseen = job.held_out
-    seen = job.retain.take(np.arange(min(len(job.retain), len(unseen))))
-    runs = [
-        evaluate_candidate(
-            job.original,
-            candidate,
-            job.retain,
-            stand_in,
-            job.test,
-            job.scenario,
-            settings.gates,
-            job.patch_bias,
-        )
-        for stand_in in (seen, unseen)
-    ]
-    gates = []
-    for kept, other in zip(runs[0].gates, runs[1].gates, strict=True):
-        if same(kept.model_dump(), other.model_dump()):
-            gates.append(kept)
-            continue
-        blank = {
-            "passed": True,
-            "value": math.nan,
-            "threshold": math.nan,
-            "rule": NOT_MEASURED,
-            "interval": None,
-            "n": None,
-            "p_value": None,
-            "decidable": False,
-            "judged_by": NOT_MEASURED,
-        }
-        gates.append(
-            kept.model_copy(update={k: v for k, v in blank.items() if k in type(kept).model_fields})
-        )
-    return runs[0].model_copy(
-        update={
-            "gates": gates,
-            "passed": all(g.passed for g in gates),
-            "before": blank_metrics(runs[0].before, runs[1].before),
-            "after": blank_metrics(runs[0].after, runs[1].after),
-        }
-    )
-
-
-def same(a, b) -> bool:
-    """Equal, counting NaN equal to NaN (a gate that reads nothing of the forget set)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
-def blank_metrics(kept, other):
-    """`kept` with every float field that depended on the stand-in set to NaN."""
-    first, second = kept.model_dump(), other.model_dump()
-    return kept.model_copy(
-        update={
-            k: math.nan for k, v in first.items() if isinstance(v, float) and not same(v, second[k])
-        }
-    )

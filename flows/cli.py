@@ -89,12 +89,14 @@ def report(
     """Re-tabulate benchmark results (mean ± std per method) and redraw their plots."""
     import pandas as pd
 
-    from uib.benchmark import summarise
+    from uib.benchmark import small_request_table, summarise
 
     for run in runs:
         results = pd.read_csv(run / "results.csv")
         seeds = sorted(results["seed"].unique().tolist())
         typer.echo(f"## {run.name} (seeds {seeds})\n\n{summarise(results)}")
+        if "forget_size" in results and results["forget_size"].nunique() > 1:
+            typer.echo(f"\nAgainst the original of each seed:\n\n{small_request_table(results)}")
         if figures:
             from tasks.plots import gap_against_time
 

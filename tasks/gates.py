@@ -77,14 +77,29 @@ class GateInput:
 
 Gate = Callable[[GateInput], GateResult | None]
 GATES: dict[str, Gate] = {}
+READS_FORGET: set[str] = set()
+NOT_MEASURED = ("not measured: the forget samples are erased, and the candidate's method never "
+                "saw them (exact by construction)")
 
 
-def gate(name: str) -> Callable[[Gate], Gate]:
+def gate(name: str, reads_forget: bool = False) -> Callable[[Gate], Gate]:
+    """Register a gate; `reads_forget`: it needs the forget samples themselves."""
+
     def register(check: Gate) -> Gate:
         GATES[name] = check
+        if reads_forget:
+            READS_FORGET.add(name)
         return check
 
     return register
+
+
+def not_measured(name: str, check: Gate, g: GateInput) -> GateResult | None:
+    """A forget-set gate once the forget samples are gone (a forget-free retry): it passes,
+    saying why, where it would apply."""
+    applies = check(g) is not None
+    return GateResult(name=name, value=math.nan, threshold=math.nan, passed=True,
+                      rule=NOT_MEASURED, decidable=False, judged_by=NOT_MEASURED) if applies else None
 
 
 def at_least(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
@@ -212,7 +227,7 @@ def _forget_judge(g: GateInput) -> str:
     )
 
 
-@gate("forget_like_unseen")
+@gate("forget_like_unseen", reads_forget=True)
 def _forget_like_unseen(g: GateInput) -> GateResult:
     margin = g.config.forget_acc_margin_pp
     n = g.evidence.n_forget if g.evidence else None
@@ -230,7 +245,7 @@ def _forget_like_unseen(g: GateInput) -> GateResult:
     )
 
 
-@gate("forget_loss_like_unseen")
+@gate("forget_loss_like_unseen", reads_forget=True)
 def _forget_loss_like_unseen(g: GateInput) -> GateResult | None:
     """Forgotten samples' losses against unseen ones: significantly lower = still remembered."""
     e = g.evidence
@@ -260,7 +275,7 @@ def _forget_loss_like_unseen(g: GateInput) -> GateResult | None:
     )
 
 
-@gate("mia_efficacy")
+@gate("mia_efficacy", reads_forget=True)
 def _mia_efficacy(g: GateInput) -> GateResult | None:
     """The retain-calibrated level is the attack's non-member rate on truly unseen test data."""
     if g.patch_bias_request:
@@ -303,7 +318,7 @@ def _bias_asr(g: GateInput) -> GateResult | None:
     )
 
 
-@gate("no_redirect")
+@gate("no_redirect", reads_forget=True)
 def _no_redirect(g: GateInput) -> GateResult | None:
     """A forgotten slice must not collapse onto one other class.
 
@@ -359,8 +374,13 @@ def apply_gates(
     sane: bool,
     evidence: Evidence | None = None,
 ) -> GateReport:
+    """Every gate that applies; with evidence of no forget sample (erased before a forget-free
+    retry), the gates that read the forget set are recorded as not measured."""
     inputs = GateInput(before, after, config, patch_bias_request, sane, evidence)
-    results = [r for check in GATES.values() if (r := check(inputs)) is not None]
+    erased = evidence is not None and evidence.n_forget == 0
+    results = [r for name, check in GATES.items()
+               if (r := not_measured(name, check, inputs) if erased and name in READS_FORGET
+                   else check(inputs)) is not None]
     return GateReport(
         passed=all(r.passed for r in results),
         gates=results,

@@ -129,6 +129,29 @@ def summarise(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def small_request_table(results: pd.DataFrame) -> str:
+    """Per forget-set size and method: TA and RA against the original of the same seed (pp),
+    the forget set's accuracy and loss rank among test losses, time_ratio and avg_gap, as
+    Markdown (mean ± std over seeds)."""
+    original = results[results["method"] == "original"].set_index(["seed", "forget_size"])
+    lines = ["| ids | method | ΔTA (pp) | ΔRA (pp) | forget acc | forget loss rank | MIA-Eff. "
+             "| time_ratio | avg_gap (pp) |", "|---" * 9 + "|"]
+
+    def cell(values, scale=1.0, sign=""):
+        values = pd.Series(values, dtype=float) * scale
+        return f"{values.mean():{sign}.3f} ± {values.std(ddof=0):.3f}"
+
+    for (size, method), group in results[results["method"] != "original"].groupby(
+            ["forget_size", "method"], sort=False):
+        base = original.loc[list(zip(group["seed"], group["forget_size"], strict=True))]
+        lines.append("| " + " | ".join([
+            str(size), method, cell(group["TA"].values - base["TA"].values, 100, "+"),
+            cell(group["RA"].values - base["RA"].values, 100, "+"), cell(1 - group["UA"]),
+            cell(group["forget_loss_rank"]), cell(group["mia_efficacy"]),
+            cell(group["time_ratio"]), cell(group["avg_gap"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     from uib.data import load_dataset
 

@@ -65,6 +65,8 @@ class MembershipAttack:
         return self.clf.predict_proba(self.scaler.transform(features))[:, 1]
 
     def nonmember_rate(self, features: np.ndarray) -> float:
+        if not len(features):
+            return float("nan")
         return float((self.member_probability(features) < 0.5).mean())
 
 

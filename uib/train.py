@@ -117,7 +117,7 @@ def predict_logits(
     for start in range(0, len(x), batch_size):
         with autocast(device):
             outs.append(model(x[start : start + batch_size].to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0, 0)
+    return torch.cat(outs) if outs else torch.empty(0, model.spec.num_classes)
 
 
 def predict_proba(model: nn.Module, x, device: torch.device | None = None) -> np.ndarray:
