@@ -22,11 +22,22 @@ def log_results(results: pd.DataFrame, config: BenchmarkConfig, out: Path) -> st
         for row in results.to_dict("records"):
             with mlflow.start_run(run_name=f"{row['method']} seed {row['seed']}", nested=True):
                 mlflow.set_tags({"method": row["method"], "seed": row["seed"]})
-                mlflow.log_metrics({k: float(v) for k, v in row.items()
-                                    if k not in ("method", "seed") and isinstance(v, float) and math.isfinite(v)})
+                mlflow.log_metrics(
+                    {
+                        k: float(v)
+                        for k, v in row.items()
+                        if k not in ("method", "seed") and isinstance(v, float) and math.isfinite(v)
+                    }
+                )
         mlflow.log_artifact(str(out / "results.csv"))
         mlflow.log_artifact(str(out / "results.md"))
-        log_figures({"avg_gap_vs_time_ratio": gap_against_time(results, f"{config.dataset} / {config.scenario}")})
+        log_figures(
+            {
+                "avg_gap_vs_time_ratio": gap_against_time(
+                    results, f"{config.dataset} / {config.scenario}"
+                )
+            }
+        )
         return parent.info.run_id
 
 

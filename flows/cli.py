@@ -7,8 +7,11 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Machine unlearning with UIB: benchmark, train, delete, review.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Machine unlearning with UIB: benchmark, train, delete, review.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def csv_list(value: str) -> list[str]:
@@ -20,22 +23,32 @@ def benchmark(
     dataset: str = typer.Option("digits", help="digits | mnist | idx:DIR"),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
     scenario: str = typer.Option(
-        "patch-bias", help="patch-bias | corruption | class | random | class-sample"),
+        "patch-bias", help="patch-bias | corruption | class | random | class-sample"
+    ),
     counts: str | None = typer.Option(
-        None, help="random / class-sample: comma-separated forget-set sizes, e.g. 1,2,10,100"),
-    methods: str = typer.Option("retrain,finetune,influence,uib",
-                                help="comma-separated registry names, or `all`"),
+        None, help="random / class-sample: comma-separated forget-set sizes, e.g. 1,2,10,100"
+    ),
+    methods: str = typer.Option(
+        "retrain,finetune,influence,uib", help="comma-separated registry names, or `all`"
+    ),
     seeds: int = typer.Option(3, min=1, help="how many seeds"),
-    first_seed: int = typer.Option(0, min=0, help="seeds first_seed..first_seed+N-1 (leave tuning seeds out)"),
+    first_seed: int = typer.Option(
+        0, min=0, help="seeds first_seed..first_seed+N-1 (leave tuning seeds out)"
+    ),
     fraction: float = typer.Option(0.1, help="scenario fraction"),
     corruption: str = typer.Option("fog", help="corruption kind (corruption scenario)"),
     epochs: int | None = typer.Option(None, help="override the recipe's epochs (not for reports)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/benchmark"), help="output directory"),
-    set_: list[str] = typer.Option([], "--set", help="a method's config field: METHOD.FIELD=VALUE (repeatable)"),
-    mlflow: bool = typer.Option(False, "--mlflow", help="run as the Prefect `benchmark` flow, logged to MLflow"),
-    noise_floor: bool = typer.Option(False, "--noise-floor",
-                                     help="add `retrain-reseeded`: a second retrain from another init"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="a method's config field: METHOD.FIELD=VALUE (repeatable)"
+    ),
+    mlflow: bool = typer.Option(
+        False, "--mlflow", help="run as the Prefect `benchmark` flow, logged to MLflow"
+    ),
+    noise_floor: bool = typer.Option(
+        False, "--noise-floor", help="add `retrain-reseeded`: a second retrain from another init"
+    ),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
     from uib.benchmark import BenchmarkConfig, run_benchmark
@@ -43,11 +56,18 @@ def benchmark(
 
     try:
         config = BenchmarkConfig(
-            dataset=dataset, data_dir=str(data_dir) if data_dir else None, scenario=scenario,
-            methods=method_names(methods), seeds=list(range(first_seed, first_seed + seeds)), fraction=fraction,
-            corruption=corruption, epochs=epochs, device=device,
+            dataset=dataset,
+            data_dir=str(data_dir) if data_dir else None,
+            scenario=scenario,
+            methods=method_names(methods),
+            seeds=list(range(first_seed, first_seed + seeds)),
+            fraction=fraction,
+            corruption=corruption,
+            epochs=epochs,
+            device=device,
             counts=[int(c) for c in csv_list(counts)] if counts else None,
-            method_configs=method_overrides(set_), noise_floor=noise_floor,
+            method_configs=method_overrides(set_),
+            noise_floor=noise_floor,
         )
         if mlflow:
             quiet_prefect()
@@ -101,24 +121,29 @@ def report(
             from tasks.plots import gap_against_time
 
             figures.mkdir(parents=True, exist_ok=True)
-            gap_against_time(results, run.name).savefig(figures / f"gap-vs-time-{run.name}.png",
-                                                        dpi=110)
+            gap_against_time(results, run.name).savefig(
+                figures / f"gap-vs-time-{run.name}.png", dpi=110
+            )
 
 
 @app.command()
 def microbench(
     what: str = typer.Argument(..., help="grads | memory | scaling"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    data_dir: Path | None = typer.Option(None, help="directory of the MNIST IDX files (memory, scaling)"),
+    data_dir: Path | None = typer.Option(
+        None, help="directory of the MNIST IDX files (memory, scaling)"
+    ),
     out: Path | None = typer.Option(None, help="also write the table as CSV here"),
 ) -> None:
     """Per-sample-gradient speed, UIB's peak memory, or UIB's cost against forget and retain size."""
     from uib import microbench as bench
 
     folder = str(data_dir) if data_dir else None
-    runs = {"grads": lambda: bench.gradient_speed(device=device),
-            "memory": lambda: bench.memory_scaling(data_dir=folder, device=device),
-            "scaling": lambda: bench.cost_scaling(data_dir=folder, device=device)}
+    runs = {
+        "grads": lambda: bench.gradient_speed(device=device),
+        "memory": lambda: bench.memory_scaling(data_dir=folder, device=device),
+        "scaling": lambda: bench.cost_scaling(data_dir=folder, device=device),
+    }
     if what not in runs:
         typer.echo(f"error: what: expected one of {sorted(runs)}, got {what!r}", err=True)
         raise typer.Exit(2)
@@ -137,8 +162,7 @@ def list_methods() -> None:
         typer.echo(f"{name:14s} {registry.get(name).summary}")
 
 
-request_app = typer.Typer(help="Submit and review data-deletion requests.",
-                          no_args_is_help=True)
+request_app = typer.Typer(help="Submit and review data-deletion requests.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
 
 
@@ -203,12 +227,14 @@ def parse_where(items: list[str]) -> dict[str, str]:
 def request_delete(
     ids: list[str] | None = typer.Option(None, "--ids", help="sample ids to forget (repeatable)"),
     where: list[str] | None = typer.Option(
-        None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"),
+        None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"
+    ),
     request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
     reason: str = typer.Option("", "--reason", help="why the data must go"),
     allow_class_removal: bool = typer.Option(False, help="allow a whole class to vanish"),
     run_here: bool = typer.Option(
-        False, "--run-here", help="run the flow in this process even when PREFECT_API_URL is set"),
+        False, "--run-here", help="run the flow in this process even when PREFECT_API_URL is set"
+    ),
 ) -> None:
     """Honour one deletion request.
 
@@ -222,8 +248,12 @@ def request_delete(
 
     from tasks.requests import DeletionRequest
 
-    fields = {"sample_ids": ids or None, "where": parse_where(where) if where else None,
-              "reason": reason, "allow_class_removal": allow_class_removal}
+    fields = {
+        "sample_ids": ids or None,
+        "where": parse_where(where) if where else None,
+        "reason": reason,
+        "allow_class_removal": allow_class_removal,
+    }
     if request_id:
         fields["request_id"] = request_id
     try:
@@ -239,8 +269,7 @@ def request_delete(
     from flows.unlearn import unlearn_flow
 
     try:
-        outcome = unlearn_flow(request.model_dump(mode="json"),
-                               settings.overrides())
+        outcome = unlearn_flow(request.model_dump(mode="json"), settings.overrides())
     except Exception as error:
         typer.echo(f"request {request.request_id} not approved: {error}", err=True)
         raise typer.Exit(1) from error
@@ -261,21 +290,32 @@ def submit_by_event(request, settings) -> dict:
         existing = ledger.get(request.request_id)
     except KeyError:
         existing = None
-    settled = (RequestState.APPROVED, RequestState.RUNNING, RequestState.HELD,
-               RequestState.WITHDRAWN)  # held: reviewed with `uib request …`, not sent again
+    settled = (
+        RequestState.APPROVED,
+        RequestState.RUNNING,
+        RequestState.HELD,
+        RequestState.WITHDRAWN,
+    )  # held: reviewed with `uib request …`, not sent again
     if existing is not None and (existing.state in settled or existing.reviews):
         try:
             ledger.submit(request)  # refuses the same id with other content
         except ValueError as error:
             raise invalid("request", error) from error
-        return {"request_id": request.request_id, "state": existing.state.value,
-                "event_id": None, "duplicate": True}
+        return {
+            "request_id": request.request_id,
+            "state": existing.state.value,
+            "event_id": None,
+            "duplicate": True,
+        }
     if not (settings.data_repo / ".dvc").is_dir():
         typer.echo("error: no data version yet: run `uib train` first", err=True)
         raise typer.Exit(1)
     try:
-        select_forget(DataRepo(settings.data_repo).load_manifest(),
-                      ids=request.sample_ids, where=request.where)
+        select_forget(
+            DataRepo(settings.data_repo).load_manifest(),
+            ids=request.sample_ids,
+            where=request.where,
+        )
         record, _ = ledger.submit(request)
     except (DataError, ValueError) as error:
         raise invalid("request", error) from error
@@ -285,11 +325,18 @@ def submit_by_event(request, settings) -> dict:
     try:
         event = emit_deletion_request(request, record.updated_at.isoformat() if rerun else "")
     except Exception as error:
-        typer.echo(f"error: the event for request {request.request_id} was not delivered "
-                   f"({error}); it stays pending in the ledger", err=True)
+        typer.echo(
+            f"error: the event for request {request.request_id} was not delivered "
+            f"({error}); it stays pending in the ledger",
+            err=True,
+        )
         raise typer.Exit(1) from error
-    return {"request_id": request.request_id, "state": record.state.value,
-            "event_id": str(event), "duplicate": False}
+    return {
+        "request_id": request.request_id,
+        "state": record.state.value,
+        "event_id": str(event),
+        "duplicate": False,
+    }
 
 
 BY = typer.Option(..., "--by", help="who decides (recorded in the ledger, tags and audit)")
@@ -311,9 +358,12 @@ def request_reject(request_id: str = REQUEST_ID, by: str = BY, reason: str = REA
 
 @request_app.command("retry")
 def request_retry(
-    request_id: str = REQUEST_ID, by: str = BY, reason: str = REASON,
-    method: str = typer.Option("retrain", "--method",
-                               help="what to run (an erased forget set leaves only `retrain`)"),
+    request_id: str = REQUEST_ID,
+    by: str = BY,
+    reason: str = REASON,
+    method: str = typer.Option(
+        "retrain", "--method", help="what to run (an erased forget set leaves only `retrain`)"
+    ),
 ) -> None:
     """Run the `unlearn` flow again, here, for a held, rejected or failed request."""
     review_command("retry", request_id, by, reason, method)
@@ -325,8 +375,9 @@ def request_withdraw(request_id: str = REQUEST_ID, by: str = BY, reason: str = R
     review_command("withdraw", request_id, by, reason)
 
 
-def review_command(action: str, request_id: str, by: str, reason: str,
-                   method: str = "retrain") -> None:
+def review_command(
+    action: str, request_id: str, by: str, reason: str, method: str = "retrain"
+) -> None:
     """Exit 2 naming the field for bad input, 1 when the action does not apply or fails."""
     quiet_prefect()
     import pydantic
@@ -379,11 +430,20 @@ def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON a
 
     records = RequestLedger(load_settings().ledger_path).list()
     records_by_id = {r.request_id: r for r in records}
-    rows = [{"request_id": r.request_id, "state": r.state.value, "flow_run_id": r.flow_run_id,
-             "model_version": r.model_version, "batch_id": r.batch_id, "message": r.message,
-             "requested_at": r.request.requested_at.isoformat(),
-             "updated_at": r.updated_at.isoformat(),
-             "reviews": [v.model_dump(mode="json") for v in r.reviews]} for r in records]
+    rows = [
+        {
+            "request_id": r.request_id,
+            "state": r.state.value,
+            "flow_run_id": r.flow_run_id,
+            "model_version": r.model_version,
+            "batch_id": r.batch_id,
+            "message": r.message,
+            "requested_at": r.request.requested_at.isoformat(),
+            "updated_at": r.updated_at.isoformat(),
+            "reviews": [v.model_dump(mode="json") for v in r.reviews],
+        }
+        for r in records
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -391,8 +451,10 @@ def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON a
         version = f"v{row['model_version']}" if row["model_version"] else "-"
         review = records_by_id[row["request_id"]].reviews
         last = f"[{review[-1].line()}] " if review else ""
-        typer.echo(f"{row['request_id']:<32} {row['state']:<9} {version:<5} "
-                   f"{row['flow_run_id'] or '-':<37} {last}{row['message'][:100]}")
+        typer.echo(
+            f"{row['request_id']:<32} {row['state']:<9} {version:<5} "
+            f"{row['flow_run_id'] or '-':<37} {last}{row['message'][:100]}"
+        )
 
 
 @app.command()

@@ -41,8 +41,11 @@ def summary(settings: Settings, result: DemoResult) -> str:
     outcome = result.outcome
     gates = outcome["gates"]
     before, after = gates["before"], gates["after"]
-    how = ("already approved by an earlier run; nothing registered again" if outcome["duplicate"]
-           else f"UIB took {outcome['unlearn_time_s']:.2f} s")
+    how = (
+        "already approved by an earlier run; nothing registered again"
+        if outcome["duplicate"]
+        else f"UIB took {outcome['unlearn_time_s']:.2f} s"
+    )
     lines = [
         f"Original model: {'trained and registered' if result.trained else 'already registered'}",
         f"Deletion request {outcome['request_id']} ({DEMO_REQUEST.where}): "

@@ -26,7 +26,8 @@ TAGS = ["uib"]
 
 def deletion_trigger() -> DeploymentEventTrigger:
     return DeploymentEventTrigger(
-        name="deletion requested", expect={DELETION_REQUESTED},
+        name="deletion requested",
+        expect={DELETION_REQUESTED},
         match={"prefect.resource.id": "uib.deletion-request.*"},
         parameters={"request": "{{ event.payload.request }}"},
     )
@@ -41,14 +42,21 @@ def build_deployments(settings: Settings) -> list:
 
     return [
         unlearn_flow.to_deployment(
-            ON_EVENT, triggers=[deletion_trigger()], tags=TAGS,
-            description="One deletion request, started by a `uib.deletion.requested` event."),
+            ON_EVENT,
+            triggers=[deletion_trigger()],
+            tags=TAGS,
+            description="One deletion request, started by a `uib.deletion.requested` event.",
+        ),
         unlearn_scheduled_flow.to_deployment(
-            SCHEDULED, schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],
-            tags=TAGS, description="Collect the inbox and unlearn a batch of pending requests."),
+            SCHEDULED,
+            schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],
+            tags=TAGS,
+            description="Collect the inbox and unlearn a batch of pending requests.",
+        ),
         train_flow.to_deployment(TRAIN, tags=TAGS, description="Train and register the original."),
         unlearn_step_flow.to_deployment(
-            STEP, tags=[*TAGS, "gpu"], description="The unlearning step alone (GPU)."),
+            STEP, tags=[*TAGS, "gpu"], description="The unlearning step alone (GPU)."
+        ),
     ]
 
 
@@ -58,6 +66,8 @@ def serve(settings: Settings, limit: int | None = None) -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise RuntimeError("PREFECT_API_URL is not set: `uib serve` needs a Prefect server "
-                           "(`prefect server start`) to register deployments with")
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: `uib serve` needs a Prefect server "
+            "(`prefect server start`) to register deployments with"
+        )
     prefect_serve(*build_deployments(settings), limit=limit)

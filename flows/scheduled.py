@@ -19,8 +19,13 @@ from tasks.registry import champion, client_for
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
-TERMINAL = (RequestState.APPROVED, RequestState.REJECTED, RequestState.FAILED,
-            RequestState.HELD, RequestState.WITHDRAWN)
+TERMINAL = (
+    RequestState.APPROVED,
+    RequestState.REJECTED,
+    RequestState.FAILED,
+    RequestState.HELD,
+    RequestState.WITHDRAWN,
+)
 
 
 class ScheduledReport(BaseModel):
@@ -40,8 +45,13 @@ def reconcile_members(ledger: RequestLedger) -> list[str]:
         if record.batch_id and record.batch_id != record.request_id:
             batch = ledger.get(record.batch_id)
             if batch.state in TERMINAL:
-                ledger.update(record.request_id, batch.state, batch.message,
-                              model_version=batch.model_version, outcome=batch.outcome)
+                ledger.update(
+                    record.request_id,
+                    batch.state,
+                    batch.message,
+                    model_version=batch.model_version,
+                    outcome=batch.outcome,
+                )
                 fixed.append(record.request_id)
     return fixed
 
@@ -58,13 +68,15 @@ def blocker(settings: Settings, repo: DataRepo, ledger: RequestLedger) -> str | 
     return None
 
 
-def run_batch(batch: DeletionRequest, plan: BatchPlan, ledger: RequestLedger,
-              settings: Settings) -> tuple[RequestState, str]:
+def run_batch(
+    batch: DeletionRequest, plan: BatchPlan, ledger: RequestLedger, settings: Settings
+) -> tuple[RequestState, str]:
     """Run the batch as one `unlearn` subflow; every member takes its outcome."""
     members = [m for m in plan.members if m != batch.request_id]
     for member in members:
-        ledger.update(member, RequestState.RUNNING, f"in batch {batch.request_id}",
-                      batch_id=batch.request_id)
+        ledger.update(
+            member, RequestState.RUNNING, f"in batch {batch.request_id}", batch_id=batch.request_id
+        )
     try:
         unlearn_flow(batch.model_dump(mode="json"), settings.overrides())
     finally:
@@ -75,9 +87,14 @@ def run_batch(batch: DeletionRequest, plan: BatchPlan, ledger: RequestLedger,
                 ledger.update(member, RequestState.PENDING, "its batch did not start")
             raise
         for member in members:
-            ledger.update(member, final.state, f"batch {batch.request_id}: {final.message}",
-                          flow_run_id=final.flow_run_id, model_version=final.model_version,
-                          outcome=final.outcome)
+            ledger.update(
+                member,
+                final.state,
+                f"batch {batch.request_id}: {final.message}",
+                flow_run_id=final.flow_run_id,
+                model_version=final.model_version,
+                outcome=final.outcome,
+            )
     return final.state, final.message
 
 
@@ -87,12 +104,17 @@ def publish(report: ScheduledReport) -> None:
     if report.inbox is not None:
         lines.append(f"- inbox: {report.inbox}")
     if plan.members:
-        lines.append(f"- batch `{report.batch_id}`: {', '.join(plan.members)} "
-                     f"({len(plan.sample_ids)} samples) → **{report.state.value}**")
+        lines.append(
+            f"- batch `{report.batch_id}`: {', '.join(plan.members)} "
+            f"({len(plan.sample_ids)} samples) → **{report.state.value}**"
+        )
     lines += [f"- refused `{rid}`: {why}" for rid, why in plan.refused.items()]
     lines += [f"- left pending `{rid}`: {why}" for rid, why in plan.queued.items()]
-    create_markdown_artifact(markdown="\n".join(lines), key="unlearn-scheduled",
-                             description="What the scheduled run did with the pending requests")
+    create_markdown_artifact(
+        markdown="\n".join(lines),
+        key="unlearn-scheduled",
+        description="What the scheduled run did with the pending requests",
+    )
 
 
 @flow(name="unlearn-scheduled", log_prints=True)
@@ -115,8 +137,9 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
         elif blocked := blocker(settings, repo, ledger):
             report.blocked = report.message = f"{len(pending)} requests left pending: {blocked}"
         else:
-            report.plan = plan_batch(pending, repo.load_manifest(),
-                                     settings.shift.max_forget_fraction)
+            report.plan = plan_batch(
+                pending, repo.load_manifest(), settings.shift.max_forget_fraction
+            )
             for request_id, why in report.plan.refused.items():
                 ledger.update(request_id, RequestState.REJECTED, why)
             for request_id, why in report.plan.queued.items():
@@ -125,8 +148,7 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
                 batch = report.plan.batch_request({r.request_id: r.request for r in pending})
                 report.batch_id = batch.request_id
                 try:
-                    report.state, report.message = run_batch(batch, report.plan, ledger,
-                                                             settings)
+                    report.state, report.message = run_batch(batch, report.plan, ledger, settings)
                 except Exception as error:
                     report.state = ledger.get(batch.request_id).state
                     report.message = str(error)

@@ -35,26 +35,40 @@ def train_original(scenario: Scenario, settings: Settings) -> tuple[nn.Module, T
     dataset = scenario.dataset
     config = recipe(settings, dataset.name)
     torch.manual_seed(config.seed)
-    model = build_model(default_arch(dataset.image_shape), dataset.image_shape,
-                        dataset.num_classes)
+    model = build_model(default_arch(dataset.image_shape), dataset.image_shape, dataset.num_classes)
     history = train_model(model, dataset.train, config, settings.device)
     return model.cpu().eval(), history
 
 
 @task(name="register-original", cache_policy=NO_CACHE)
-def register_original(model: nn.Module, scenario: Scenario, data: DataVersion,
-                      history: TrainHistory, settings: Settings) -> str:
+def register_original(
+    model: nn.Module,
+    scenario: Scenario,
+    data: DataVersion,
+    history: TrainHistory,
+    settings: Settings,
+) -> str:
     """Log the original with its metrics and register it as a version tagged `stage=original`."""
     client_for(settings)
     config = recipe(settings, scenario.dataset.name)
     retain, forget = scenario.split()
     _, test = split_validation(scenario.dataset.test)
     metrics = evaluate(model, retain, forget, test, scenario.config)
-    tags = {"stage": "original", "data_git_rev": data.git_rev, "data_dvc_md5": data.dvc_md5,
-            "dataset": scenario.dataset.name, "scenario": scenario.config.model_dump_json()}
+    tags = {
+        "stage": "original",
+        "data_git_rev": data.git_rev,
+        "data_dvc_md5": data.dvc_md5,
+        "dataset": scenario.dataset.name,
+        "scenario": scenario.config.model_dump_json(),
+    }
     with mlflow.start_run(run_name="train-original"):
-        mlflow.log_params({**config.model_dump(), "dataset": scenario.dataset.name,
-                           **{f"scenario.{k}": v for k, v in scenario.config.model_dump().items()}})
+        mlflow.log_params(
+            {
+                **config.model_dump(),
+                "dataset": scenario.dataset.name,
+                **{f"scenario.{k}": v for k, v in scenario.config.model_dump().items()},
+            }
+        )
         mlflow.log_metrics({k: v for k, v in metrics.model_dump().items() if isinstance(v, float)})
         for epoch, loss in enumerate(history.losses):
             mlflow.log_metric("train_loss", loss, step=epoch)
@@ -78,10 +92,16 @@ def train_flow(settings: dict | None = None) -> dict:
     else:
         dataset = load_dataset(settings.dataset, settings.data_dir)
         scenario = build_scenario(dataset, settings.scenario)
-        data = DataVersion.model_validate(version_dataset(
-            settings.data_repo, settings.remote_url, scenario.dataset, scenario.config,
-            f"{settings.dataset} / {settings.scenario.name} dataset",
-            endpoint_url=settings.s3_endpoint_url))
+        data = DataVersion.model_validate(
+            version_dataset(
+                settings.data_repo,
+                settings.remote_url,
+                scenario.dataset,
+                scenario.config,
+                f"{settings.dataset} / {settings.scenario.name} dataset",
+                endpoint_url=settings.s3_endpoint_url,
+            )
+        )
         model, history = train_original(scenario, settings)
         version = register_original(model, scenario, data, history, settings)
         logger.info("registered the original as version %s", version)

@@ -94,7 +94,8 @@ class Outcome(BaseModel):
     duplicate: bool = False
     method: str | None = None
     fallback_for: str | None = Field(
-        None, description="the rejected version the exact fallback (`retrain`) stands in for")
+        None, description="the rejected version the exact fallback (`retrain`) stands in for"
+    )
     note: str = ""
 
 
@@ -102,40 +103,57 @@ def artifact_key(request_id: str) -> str:
     return "request-" + "".join(c if c.isalnum() else "-" for c in request_id.lower())
 
 
-def publish_outcome(request: DeletionRequest, state: RequestState, message: str,
-                    gates: GateReport | None = None, details: list[str] = ()) -> None:
+def publish_outcome(
+    request: DeletionRequest,
+    state: RequestState,
+    message: str,
+    gates: GateReport | None = None,
+    details: list[str] = (),
+) -> None:
     """The request's outcome as a Prefect Markdown artifact (one key per request)."""
     selection = f"{len(request.sample_ids)} ids" if request.sample_ids else f"where {request.where}"
-    lines = [f"# Deletion request `{request.request_id}`: **{state.value}**", "",
-             f"- reason: {request.reason or '—'}", f"- selection: {selection}",
-             f"- {message}", *(f"- {d}" for d in details)]
+    lines = [
+        f"# Deletion request `{request.request_id}`: **{state.value}**",
+        "",
+        f"- reason: {request.reason or '—'}",
+        f"- selection: {selection}",
+        f"- {message}",
+        *(f"- {d}" for d in details),
+    ]
     if gates is not None:
         lines += ["", "## Gates", "", gates.to_markdown()]
-    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(request.request_id),
-                             description=f"Outcome of deletion request {request.request_id}")
+    create_markdown_artifact(
+        markdown="\n".join(lines),
+        key=artifact_key(request.request_id),
+        description=f"Outcome of deletion request {request.request_id}",
+    )
 
 
 def outcome_details(outcome: Outcome) -> list[str]:
-    return [*([outcome.note] if outcome.note else []),
-            f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
-            f"data version: {outcome.data_version_before.git_rev[:10]} → "
-            f"{outcome.data_version_after.git_rev[:10]}",
-            f"audit record: `{outcome.audit_path}`"]
+    return [
+        *([outcome.note] if outcome.note else []),
+        f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
+        f"data version: {outcome.data_version_before.git_rev[:10]} → "
+        f"{outcome.data_version_after.git_rev[:10]}",
+        f"audit record: `{outcome.audit_path}`",
+    ]
 
 
 # --------------------------------------------------------------------------- stages
 
 
-def check_data_matches_champion(repo: DataRepo, champion_version, request_id: str,
-                                ledger: RequestLedger) -> None:
+def check_data_matches_champion(
+    repo: DataRepo, champion_version, request_id: str, ledger: RequestLedger
+) -> None:
     """Refuse unless the data is the champion's, or ahead of it only by parked requests' commits.
 
     A parked request (held, rejected on review, withdrawn) has its samples out of the current
     version already, so a new request proceeds on top of it: its retain set excludes them and
     its parent is the champion. A commit the ledger does not account for refuses loudly.
     """
-    trained_on = (champion_version.tags.get("data_version_after")
-                  or champion_version.tags.get("data_git_rev"))
+    trained_on = champion_version.tags.get("data_version_after") or champion_version.tags.get(
+        "data_git_rev"
+    )
     head = repo.current()
     if trained_on in (None, head.git_rev):
         return
@@ -144,8 +162,9 @@ def check_data_matches_champion(repo: DataRepo, champion_version, request_id: st
         raise RequestRefused(
             f"the champion, version {champion_version.version}, was built on data version "
             f"{trained_on[:10]}, which is not in the history of the data repository: restore "
-            "the repository or point the alias at a version built on its data")
-    ahead = history[:history.index(trained_on)]
+            "the repository or point the alias at a version built on its data"
+        )
+    ahead = history[: history.index(trained_on)]
     known = {request_id} | {r.request_id for r in ledger.list() if r.state in PARKED}
     accounted = {repo.find_request(rid) for rid in known} - {None}
     unknown = [rev for rev in ahead if rev not in accounted]
@@ -156,38 +175,65 @@ def check_data_matches_champion(repo: DataRepo, champion_version, request_id: st
             f"{champion_version.version}, built on {trained_on[:10]}, by {len(unknown)} data "
             f"version(s) the ledger does not hold as held, rejected or withdrawn, first "
             f"{rev.git_rev[:10]} ({rev.message!r}): finish that request (run it again) or "
-            "review it (`uib requests`, `uib request …`) first")
+            "review it (`uib requests`, `uib request …`) first"
+        )
 
 
 def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -> ValidationReport:
     original, retain, forget = resolved.manifests()
     policy = settings.shift.model_copy(update={"allow_class_removal": request.allow_class_removal})
-    report = validate_shift_task(original, retain, forget,
-                                 request.sample_ids or resolved.forget_ids, policy,
-                                 resolved.dataset.num_classes, request.request_id)
+    report = validate_shift_task(
+        original,
+        retain,
+        forget,
+        request.sample_ids or resolved.forget_ids,
+        policy,
+        resolved.dataset.num_classes,
+        request.request_id,
+    )
     if not report.success:
-        raise RequestRefused("shift validation failed: " + "; ".join(
-            f"{c.name} (observed {c.observed}, threshold {c.threshold})" for c in report.failed))
+        raise RequestRefused(
+            "shift validation failed: "
+            + "; ".join(
+                f"{c.name} (observed {c.observed}, threshold {c.threshold})" for c in report.failed
+            )
+        )
     return report
 
 
-def erase_and_audit(request: DeletionRequest, settings: Settings, before: DataVersion,
-                    after: DataVersion, forget_ids: list[str], parent: str, final: Attempt,
-                    state: RequestState) -> str:
+def erase_and_audit(
+    request: DeletionRequest,
+    settings: Settings,
+    before: DataVersion,
+    after: DataVersion,
+    forget_ids: list[str],
+    parent: str,
+    final: Attempt,
+    state: RequestState,
+) -> str:
     """Erase the forget set and write the audit record, whatever the gates said."""
     audit = erase_request(
-        settings.data_repo, request.request_id, before, after, forget_ids, settings.salt(),
-        settings.audit_dir, request.requested_at,
+        settings.data_repo,
+        request.request_id,
+        before,
+        after,
+        forget_ids,
+        settings.salt(),
+        settings.audit_dir,
+        request.requested_at,
         staged_path=settings.stage_dir(request.request_id) / "forget.npz",
-        model_version_before=parent, model_version_after=final.model_version,
-        gate_results=final.gates.model_dump(mode="json"), model_outcome=state.value,
+        model_version_before=parent,
+        model_version_after=final.model_version,
+        gate_results=final.gates.model_dump(mode="json"),
+        model_outcome=state.value,
     )
     log_audit(settings, final.run_id, audit["audit_path"])
     return audit["audit_path"]
 
 
-def process(request: DeletionRequest, settings: Settings, ledger: RequestLedger,
-            review: Review | None) -> Outcome:
+def process(
+    request: DeletionRequest, settings: Settings, ledger: RequestLedger, review: Review | None
+) -> Outcome:
     """The whole way for a request that has no approved candidate yet."""
     client = client_for(settings)
     current = champion(client, settings)
@@ -205,26 +251,49 @@ def process(request: DeletionRequest, settings: Settings, ledger: RequestLedger,
         raise RequestRefused(str(error)) from error
     validation = validate(request, resolved, settings)
 
-    versions = version_forget_set(settings.data_repo, request.request_id, resolved.forget_ids,
-                                  settings.stage_dir(request.request_id))
+    versions = version_forget_set(
+        settings.data_repo,
+        request.request_id,
+        resolved.forget_ids,
+        settings.stage_dir(request.request_id),
+    )
     before, after = (DataVersion.model_validate(versions[k]) for k in ("before", "after"))
     forget = read_staged(versions["staged"])
     held_out, test = split_validation(resolved.dataset.test)
-    job = Job(request=request, settings=settings, parent=parent,
-              original=load_version(settings, parent), before=before, after=after,
-              forget=forget, n_forget=len(forget), retain=resolved.dataset.train.drop(forget.ids),
-              held_out=held_out, test=test, scenario=resolved.scenario,
-              patch_bias=resolved.removes_bias_slice(), validation=validation,
-              recipe=recipe(settings, resolved.dataset.name), review=review)
+    job = Job(
+        request=request,
+        settings=settings,
+        parent=parent,
+        original=load_version(settings, parent),
+        before=before,
+        after=after,
+        forget=forget,
+        n_forget=len(forget),
+        retain=resolved.dataset.train.drop(forget.ids),
+        held_out=held_out,
+        test=test,
+        scenario=resolved.scenario,
+        patch_bias=resolved.removes_bias_slice(),
+        validation=validation,
+        recipe=recipe(settings, resolved.dataset.name),
+        review=review,
+    )
     attempts = run_attempts(job)
     state = RequestState.APPROVED if attempts[-1].gates.passed else RequestState.HELD
-    path = erase_and_audit(request, settings, before, after, resolved.forget_ids, parent,
-                           attempts[-1], state)
+    path = erase_and_audit(
+        request, settings, before, after, resolved.forget_ids, parent, attempts[-1], state
+    )
     return conclude(request, job, attempts, path)
 
 
-def process_erased(request: DeletionRequest, settings: Settings, ledger: RequestLedger,
-                   review: Review | None, parent: str, audit: AuditRecord) -> Outcome:
+def process_erased(
+    request: DeletionRequest,
+    settings: Settings,
+    ledger: RequestLedger,
+    review: Review | None,
+    parent: str,
+    audit: AuditRecord,
+) -> Outcome:
     """A retry once the forget samples are erased: a forget-free method on the current data.
 
     The current version holds neither this request's samples nor any later request's, so the
@@ -239,45 +308,76 @@ def process_erased(request: DeletionRequest, settings: Settings, ledger: Request
     if earlier:
         tags = client_for(settings).get_model_version(settings.model_name, earlier).tags
         patch_bias = tags.get("removes_bias_slice") == "true"
-    job = Job(request=request, settings=settings, parent=parent,
-              original=load_version(settings, parent), before=audit.data_version_before,
-              after=after, forget=None, n_forget=audit.n_forgotten, retain=dataset.train,
-              held_out=held_out, test=test, scenario=scenario, patch_bias=patch_bias,
-              validation=None, recipe=recipe(settings, dataset.name), review=review)
+    job = Job(
+        request=request,
+        settings=settings,
+        parent=parent,
+        original=load_version(settings, parent),
+        before=audit.data_version_before,
+        after=after,
+        forget=None,
+        n_forget=audit.n_forgotten,
+        retain=dataset.train,
+        held_out=held_out,
+        test=test,
+        scenario=scenario,
+        patch_bias=patch_bias,
+        validation=None,
+        recipe=recipe(settings, dataset.name),
+        review=review,
+    )
     attempts = run_attempts(job)
     final = attempts[-1]
     state = RequestState.APPROVED if final.gates.passed else RequestState.HELD
-    update_audit(settings.audit_dir, request.request_id, model_outcome=state.value,
-                 model_version_after=final.model_version,
-                 gate_results=final.gates.model_dump(mode="json"))
+    update_audit(
+        settings.audit_dir,
+        request.request_id,
+        model_outcome=state.value,
+        model_version_after=final.model_version,
+        gate_results=final.gates.model_dump(mode="json"),
+    )
     path = str(audit_path(settings.audit_dir, request.request_id))
     log_audit(settings, final.run_id, path)
     return conclude(request, job, attempts, path)
 
 
-def conclude(request: DeletionRequest, job: Job, attempts: list[Attempt],
-             audit_file: str) -> Outcome:
+def conclude(
+    request: DeletionRequest, job: Job, attempts: list[Attempt], audit_file: str
+) -> Outcome:
     """The outcome of the attempts: approved, or GatesFailed (held for review)."""
     final = attempts[-1]
     fallback = attempts[-2] if len(attempts) > 1 else None
     note = ""
     if fallback is not None:
         failed = ", ".join(g.name for g in fallback.gates.failed)
-        note = (f"{fallback.method} candidate v{fallback.model_version} failed {failed}; "
-                f"the exact fallback `{final.method}` is v{final.model_version}")
+        note = (
+            f"{fallback.method} candidate v{fallback.model_version} failed {failed}; "
+            f"the exact fallback `{final.method}` is v{final.model_version}"
+        )
     state = RequestState.APPROVED if final.gates.passed else RequestState.HELD
-    outcome = Outcome(request_id=request.request_id, state=state,
-                      model_version=final.model_version, parent_model_version=job.parent,
-                      gates=final.gates, data_version_before=job.before,
-                      data_version_after=job.after, audit_path=audit_file,
-                      unlearn_time_s=final.unlearn_time_s, method=final.method,
-                      fallback_for=fallback.model_version if fallback else None, note=note)
+    outcome = Outcome(
+        request_id=request.request_id,
+        state=state,
+        model_version=final.model_version,
+        parent_model_version=job.parent,
+        gates=final.gates,
+        data_version_before=job.before,
+        data_version_after=job.after,
+        audit_path=audit_file,
+        unlearn_time_s=final.unlearn_time_s,
+        method=final.method,
+        fallback_for=fallback.model_version if fallback else None,
+        note=note,
+    )
     if final.gates.passed:
         return outcome
     raise GatesFailed(
         f"held for review: model version {final.model_version} ({final.method}) rejected: "
-        f"{final.gates.message()}" + (f" ({note})" if note else "")
-        + "; the forget set is erased", final.gates, final.model_version, outcome)
+        f"{final.gates.message()}" + (f" ({note})" if note else "") + "; the forget set is erased",
+        final.gates,
+        final.model_version,
+        outcome,
+    )
 
 
 def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
@@ -292,25 +392,47 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
     before = repo.version(tags["data_version_before"])
     after = repo.version(tags["data_version_after"])
     gates = gate_report_of(version)
-    final = Attempt(method=tags.get("method", ""), model_version=str(version.version),
-                    run_id=version.run_id, gates=gates)
+    final = Attempt(
+        method=tags.get("method", ""),
+        model_version=str(version.version),
+        run_id=version.run_id,
+        gates=gates,
+    )
     if read_audit(settings.audit_dir, request.request_id) is not None:  # erased already
-        update_audit(settings.audit_dir, request.request_id,
-                     model_outcome=RequestState.APPROVED.value,
-                     model_version_after=final.model_version,
-                     gate_results=gates.model_dump(mode="json"))
+        update_audit(
+            settings.audit_dir,
+            request.request_id,
+            model_outcome=RequestState.APPROVED.value,
+            model_version_after=final.model_version,
+            gate_results=gates.model_dump(mode="json"),
+        )
         path = str(audit_path(settings.audit_dir, request.request_id))
         log_audit(settings, version.run_id, path)
     else:
         manifest = repo.load_manifest(before.git_rev)
         ids = select_forget(manifest, ids=request.sample_ids, where=request.where)
-        path = erase_and_audit(request, settings, before, after, [str(i) for i in ids],
-                               parent, final, RequestState.APPROVED)
-    return Outcome(request_id=request.request_id, state=RequestState.APPROVED,
-                   model_version=str(version.version), parent_model_version=parent, gates=gates,
-                   data_version_before=before, data_version_after=after,
-                   audit_path=path, method=final.method,
-                   fallback_for=tags.get("fallback_for"))
+        path = erase_and_audit(
+            request,
+            settings,
+            before,
+            after,
+            [str(i) for i in ids],
+            parent,
+            final,
+            RequestState.APPROVED,
+        )
+    return Outcome(
+        request_id=request.request_id,
+        state=RequestState.APPROVED,
+        model_version=str(version.version),
+        parent_model_version=parent,
+        gates=gates,
+        data_version_before=before,
+        data_version_after=after,
+        audit_path=path,
+        method=final.method,
+        fallback_for=tags.get("fallback_for"),
+    )
 
 
 # --------------------------------------------------------------------------- the flow
@@ -343,31 +465,41 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
             reconcile_champion(settings, ledger, logger)
             record = ledger.get(request.request_id)
         if record.state == RequestState.APPROVED:
-            message = (f"already approved by an earlier run (model version "
-                       f"{record.model_version}); nothing to do")
+            message = (
+                f"already approved by an earlier run (model version "
+                f"{record.model_version}); nothing to do"
+            )
             logger.info("request %s: %s", request.request_id, message)
             outcome = Outcome.model_validate(record.outcome)
-            publish_outcome(request, record.state, message, outcome.gates,
-                            outcome_details(outcome))
+            publish_outcome(request, record.state, message, outcome.gates, outcome_details(outcome))
             return outcome.model_copy(update={"duplicate": True}).model_dump(mode="json")
         done = approved_version(client_for(settings), settings, request.request_id)
         if done is None and (why := not_runnable(record, settings, ledger, review)):
             raise RequestNotRunnable(why)
-        ledger.update(request.request_id, RequestState.RUNNING, "",
-                      flow_run_id=str(flow_run.get_id()))
+        ledger.update(
+            request.request_id, RequestState.RUNNING, "", flow_run_id=str(flow_run.get_id())
+        )
         try:
-            outcome = finish(request, settings, done) if done else process(request, settings,
-                                                                           ledger, review)
+            outcome = (
+                finish(request, settings, done)
+                if done
+                else process(request, settings, ledger, review)
+            )
         except RequestRefused as error:
             ledger.update(request.request_id, RequestState.REJECTED, str(error))
             publish_outcome(request, RequestState.REJECTED, str(error))
             raise
         except GatesFailed as error:
-            ledger.update(request.request_id, RequestState.HELD, str(error),
-                          model_version=error.model_version,
-                          outcome=error.outcome.model_dump(mode="json"))
-            publish_outcome(request, RequestState.HELD, str(error), error.report,
-                            outcome_details(error.outcome))
+            ledger.update(
+                request.request_id,
+                RequestState.HELD,
+                str(error),
+                model_version=error.model_version,
+                outcome=error.outcome.model_dump(mode="json"),
+            )
+            publish_outcome(
+                request, RequestState.HELD, str(error), error.report, outcome_details(error.outcome)
+            )
             logger.warning("request %s %s", request.request_id, error)
             raise
         except Exception as error:
@@ -376,12 +508,25 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
             publish_outcome(request, RequestState.FAILED, message)
             raise
         shutil.rmtree(settings.results_dir / request.request_id, ignore_errors=True)
-        message = ("approved: " + (f"{outcome.note}, which passes every gate" if outcome.note
-                                   else "every gate holds") + "; forgotten samples erased")
-        ledger.update(request.request_id, RequestState.APPROVED, message,
-                      model_version=outcome.model_version, outcome=outcome.model_dump(mode="json"))
-        publish_outcome(request, RequestState.APPROVED, message, outcome.gates,
-                        outcome_details(outcome))
-    logger.info("request %s approved: version %s is %s", request.request_id,
-                outcome.model_version, settings.champion_alias)
+        message = (
+            "approved: "
+            + (f"{outcome.note}, which passes every gate" if outcome.note else "every gate holds")
+            + "; forgotten samples erased"
+        )
+        ledger.update(
+            request.request_id,
+            RequestState.APPROVED,
+            message,
+            model_version=outcome.model_version,
+            outcome=outcome.model_dump(mode="json"),
+        )
+        publish_outcome(
+            request, RequestState.APPROVED, message, outcome.gates, outcome_details(outcome)
+        )
+    logger.info(
+        "request %s approved: version %s is %s",
+        request.request_id,
+        outcome.model_version,
+        settings.champion_alias,
+    )
     return outcome.model_dump(mode="json")

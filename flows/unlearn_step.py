@@ -18,8 +18,9 @@ from uib.samples import split_validation
 
 
 @flow(name="unlearn-step", log_prints=True)
-def unlearn_step_flow(request_id: str, model_version: str, data_rev: str,
-                      settings: dict | None = None) -> dict:
+def unlearn_step_flow(
+    request_id: str, model_version: str, data_rev: str, settings: dict | None = None
+) -> dict:
     """Unlearn `request_id`'s staged forget set from `model_version` on the data at `data_rev`."""
     settings = Settings(**(settings or {}))
     repo = DataRepo(settings.data_repo)
@@ -27,21 +28,40 @@ def unlearn_step_flow(request_id: str, model_version: str, data_rev: str,
     dataset, _ = repo.load(after.git_rev)
     forget = read_staged(settings.stage_dir(request_id) / "forget.npz")
     validation, _ = split_validation(dataset.test)
-    _, report = run_unlearning(settings, request_id, model_version, after.dvc_md5, forget,
-                               dataset.train, validation, recipe(settings, dataset.name))
-    get_run_logger().info("request %s: candidate from version %s in %.2f s", request_id,
-                          model_version, report.time_s)
+    _, report = run_unlearning(
+        settings,
+        request_id,
+        model_version,
+        after.dvc_md5,
+        forget,
+        dataset.train,
+        validation,
+        recipe(settings, dataset.name),
+    )
+    get_run_logger().info(
+        "request %s: candidate from version %s in %.2f s", request_id, model_version, report.time_s
+    )
     return {"request_id": request_id, "time_s": report.time_s}
 
 
-def run_step_deployment(settings: Settings, request_id: str, model_version: str,
-                        data_rev: str) -> None:
+def run_step_deployment(
+    settings: Settings, request_id: str, model_version: str, data_rev: str
+) -> None:
     """Run the step as `settings.gpu_deployment` and wait for it; raise unless it completed."""
     from prefect.deployments import run_deployment
 
-    run = run_deployment(settings.gpu_deployment, timeout=None, parameters={
-        "request_id": request_id, "model_version": model_version, "data_rev": data_rev,
-        "settings": settings.overrides()})
+    run = run_deployment(
+        settings.gpu_deployment,
+        timeout=None,
+        parameters={
+            "request_id": request_id,
+            "model_version": model_version,
+            "data_rev": data_rev,
+            "settings": settings.overrides(),
+        },
+    )
     if not run.state.is_completed():
-        raise RuntimeError(f"the unlearning step {settings.gpu_deployment!r} ended "
-                           f"{run.state.name}: {run.state.message or 'no message'}")
+        raise RuntimeError(
+            f"the unlearning step {settings.gpu_deployment!r} ended "
+            f"{run.state.name}: {run.state.message or 'no message'}"
+        )

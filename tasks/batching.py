@@ -38,7 +38,8 @@ class BatchPlan(BaseModel):
         digest = hashlib.sha256("\n".join(sorted(self.members)).encode()).hexdigest()[:8]
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return DeletionRequest(
-            request_id=f"batch-{stamp}-{digest}", sample_ids=self.sample_ids,
+            request_id=f"batch-{stamp}-{digest}",
+            sample_ids=self.sample_ids,
             reason=f"batch of {len(self.members)} requests: {', '.join(self.members)}",
             allow_class_removal=self.allow_class_removal,
         )
@@ -55,8 +56,9 @@ def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: floa
     for record in sorted(pending, key=lambda r: r.request.requested_at):
         request = record.request
         try:
-            ids = {str(i) for i in select_forget(manifest, ids=request.sample_ids,
-                                                 where=request.where)}
+            ids = {
+                str(i) for i in select_forget(manifest, ids=request.sample_ids, where=request.where)
+            }
         except DataError as error:
             plan.refused[request.request_id] = str(error)
             continue
@@ -64,18 +66,21 @@ def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: floa
             plan.allow_class_removal = request.allow_class_removal
             selector = selector_kind(request)
         elif request.allow_class_removal != plan.allow_class_removal:
-            plan.queued[request.request_id] = ("allow_class_removal differs from the batch's; "
-                                               "it runs in a later batch")
+            plan.queued[request.request_id] = (
+                "allow_class_removal differs from the batch's; it runs in a later batch"
+            )
             continue
         elif selector_kind(request) != selector:
             plan.queued[request.request_id] = (
                 f"selects by {selector_kind(request)}, the batch by {selector}: slices and "
-                "scattered ids are unlearned apart; it runs in a later batch")
+                "scattered ids are unlearned apart; it runs in a later batch"
+            )
             continue
         elif len(chosen | ids) / len(train) > max_forget_fraction:
             plan.queued[request.request_id] = (
                 f"with it the batch would forget more than {max_forget_fraction:.0%} of the "
-                "training set; it runs in a later batch")
+                "training set; it runs in a later batch"
+            )
             continue
         plan.members.append(request.request_id)
         chosen |= ids

@@ -719,8 +719,11 @@ def version_dataset(
 ) -> dict:
     """Make `dataset` the current data version, creating the data repository if needed."""
     root = Path(repo_root)
-    repo = (DataRepo(root) if (root / ".dvc").is_dir()
-            else DataRepo.init(root, remote_url, endpoint_url=endpoint_url))
+    repo = (
+        DataRepo(root)
+        if (root / ".dvc").is_dir()
+        else DataRepo.init(root, remote_url, endpoint_url=endpoint_url)
+    )
     return repo.write_dataset(dataset, scenario_config, message).model_dump()
 
 

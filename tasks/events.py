@@ -36,8 +36,10 @@ def deletion_event(request: DeletionRequest, attempt: str = ""):
     return Event(
         id=event_id(request, attempt),
         event=DELETION_REQUESTED,
-        resource={"prefect.resource.id": request_resource_id(request.request_id),
-                  "prefect.resource.name": request.request_id},
+        resource={
+            "prefect.resource.id": request_resource_id(request.request_id),
+            "prefect.resource.name": request.request_id,
+        },
         payload={"request": request.model_dump(mode="json")},
     )
 

@@ -92,8 +92,7 @@ def loss_rank_test(
         n_c, m_c = len(mine), len(unseen)
         if m_c == 0:
             continue
-        percentiles.append(loss_percentiles(mine, np.full(n_c, label), unseen,
-                                            np.full(m_c, label)))
+        percentiles.append(loss_percentiles(mine, np.full(n_c, label), unseen, np.full(m_c, label)))
         ranks = rankdata(np.concatenate([mine, unseen]))  # midranks, 1-based
         null += (_random_rank_sums(ranks, n_c, draws, rng) - n_c * (n_c + 1) / 2) / m_c
         log_p_extreme -= math.lgamma(n_c + m_c + 1) - math.lgamma(n_c + 1) - math.lgamma(m_c + 1)

@@ -78,8 +78,10 @@ class GateInput:
 Gate = Callable[[GateInput], GateResult | None]
 GATES: dict[str, Gate] = {}
 READS_FORGET: set[str] = set()
-NOT_MEASURED = ("not measured: the forget samples are erased, and the candidate's method never "
-                "saw them (exact by construction)")
+NOT_MEASURED = (
+    "not measured: the forget samples are erased, and the candidate's method never "
+    "saw them (exact by construction)"
+)
 
 
 def gate(name: str, reads_forget: bool = False) -> Callable[[Gate], Gate]:
@@ -98,8 +100,19 @@ def not_measured(name: str, check: Gate, g: GateInput) -> GateResult | None:
     """A forget-set gate once the forget samples are gone (a forget-free retry): it passes,
     saying why, where it would apply."""
     applies = check(g) is not None
-    return GateResult(name=name, value=math.nan, threshold=math.nan, passed=True,
-                      rule=NOT_MEASURED, decidable=False, judged_by=NOT_MEASURED) if applies else None
+    return (
+        GateResult(
+            name=name,
+            value=math.nan,
+            threshold=math.nan,
+            passed=True,
+            rule=NOT_MEASURED,
+            decidable=False,
+            judged_by=NOT_MEASURED,
+        )
+        if applies
+        else None
+    )
 
 
 def at_least(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
@@ -378,9 +391,16 @@ def apply_gates(
     retry), the gates that read the forget set are recorded as not measured."""
     inputs = GateInput(before, after, config, patch_bias_request, sane, evidence)
     erased = evidence is not None and evidence.n_forget == 0
-    results = [r for name, check in GATES.items()
-               if (r := not_measured(name, check, inputs) if erased and name in READS_FORGET
-                   else check(inputs)) is not None]
+    results = [
+        r
+        for name, check in GATES.items()
+        if (
+            r := not_measured(name, check, inputs)
+            if erased and name in READS_FORGET
+            else check(inputs)
+        )
+        is not None
+    ]
     return GateReport(
         passed=all(r.passed for r in results),
         gates=results,

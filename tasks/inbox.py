@@ -29,8 +29,9 @@ MAX_OBJECT_BYTES = 1 << 20
 
 class InboxReport(BaseModel):
     accepted: list[str] = Field(default_factory=list, description="request ids now pending")
-    acknowledged: list[str] = Field(default_factory=list,
-                                    description="request ids the ledger already held")
+    acknowledged: list[str] = Field(
+        default_factory=list, description="request ids the ledger already held"
+    )
     rejected: dict[str, str] = Field(default_factory=dict, description="object key → reason")
 
 
@@ -50,8 +51,9 @@ def s3_client(settings: Settings):
 
 
 def describe(error: pydantic.ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
-                     for e in error.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors()
+    )
 
 
 def read_request(body: bytes) -> DeletionRequest:
@@ -75,28 +77,36 @@ class Inbox:
         """Objects directly under the prefix, oldest first: `processed/` and `rejected/` are
         folders below it, and `.reason.json` files live only there."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")
-        objects = [o for page in pages for o in page.get("Contents", [])
-                   if o["Key"] != self.prefix]
+            Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+        )
+        objects = [o for page in pages for o in page.get("Contents", []) if o["Key"] != self.prefix]
         return [o["Key"] for o in sorted(objects, key=lambda o: (o["LastModified"], o["Key"]))]
 
     def read(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
     def move(self, key: str, folder: str) -> str:
-        target = self.prefix + folder + key[len(self.prefix):]
-        self.s3.copy_object(Bucket=self.bucket, Key=target,
-                            CopySource={"Bucket": self.bucket, "Key": key})
+        target = self.prefix + folder + key[len(self.prefix) :]
+        self.s3.copy_object(
+            Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key}
+        )
         self.s3.delete_object(Bucket=self.bucket, Key=key)
         return target
 
     def reject(self, key: str, reason: str, request_id: str | None) -> None:
-        record = {"key": key, "reason": reason, "request_id": request_id,
-                  "rejected_at": datetime.now(UTC).isoformat()}
-        target = self.prefix + REJECTED + key[len(self.prefix):]
-        self.s3.put_object(Bucket=self.bucket, Key=target + ".reason.json",
-                           Body=json.dumps(record, indent=2).encode(),
-                           ContentType="application/json")
+        record = {
+            "key": key,
+            "reason": reason,
+            "request_id": request_id,
+            "rejected_at": datetime.now(UTC).isoformat(),
+        }
+        target = self.prefix + REJECTED + key[len(self.prefix) :]
+        self.s3.put_object(
+            Bucket=self.bucket,
+            Key=target + ".reason.json",
+            Body=json.dumps(record, indent=2).encode(),
+            ContentType="application/json",
+        )
         self.move(key, REJECTED)
 
 

@@ -20,8 +20,13 @@ def per_class_accuracy(before: Metrics, after: Metrics) -> Figure:
     classes = np.arange(len(before.per_class_acc))
     ax.bar(classes - 0.2, before.per_class_acc, 0.4, label="before (original)")
     ax.bar(classes + 0.2, after.per_class_acc, 0.4, label="after (candidate)")
-    ax.set(xlabel="class", ylabel="test accuracy", ylim=(0, 1.05), xticks=classes,
-           title="Per-class test accuracy before / after unlearning")
+    ax.set(
+        xlabel="class",
+        ylabel="test accuracy",
+        ylim=(0, 1.05),
+        xticks=classes,
+        title="Per-class test accuracy before / after unlearning",
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
@@ -66,23 +71,27 @@ def loss_curves(curve: list[dict[str, float]]) -> Figure:
     return fig
 
 
-def mia_member_probabilities(models: dict, retain: Samples, test: Samples,
-                             forget: Samples) -> dict[str, dict[str, np.ndarray]]:
+def mia_member_probabilities(
+    models: dict, retain: Samples, test: Samples, forget: Samples
+) -> dict[str, dict[str, np.ndarray]]:
     """Per model, the attack's member probability on retain, test and forget samples.
 
     Each model gets its own attack, fit as `uib.metrics.evaluate` fits it (retain vs test).
     """
     out = {}
     for name, model in models.items():
-        feats = {part: mia_features(predict_logits(model, s.x), s.y)
-                 for part, s in (("retain", retain), ("test", test), ("forget", forget))}
+        feats = {
+            part: mia_features(predict_logits(model, s.x), s.y)
+            for part, s in (("retain", retain), ("test", test), ("forget", forget))
+        }
         attack = MembershipAttack(feats["retain"], feats["test"])
         out[name] = {part: attack.member_probability(f) for part, f in feats.items()}
     return out
 
 
-def request_figures(original, candidate, gates, report, retain: Samples, test: Samples,
-                    forget: Samples) -> dict[str, Figure]:
+def request_figures(
+    original, candidate, gates, report, retain: Samples, test: Samples, forget: Samples
+) -> dict[str, Figure]:
     """Every figure logged with a request's candidate, by artifact name."""
     models = {"before": original, "after": candidate}
     scores = mia_member_probabilities(models, retain, test, forget)
@@ -102,13 +111,28 @@ def gap_against_time(results, title: str) -> Figure:
     stats = rows[["avg_gap", "time_ratio"]].agg(["mean", "std"]).fillna(0.0)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method, row in stats.iterrows():
-        ax.errorbar(row[("time_ratio", "mean")], row[("avg_gap", "mean")], xerr=row[("time_ratio", "std")],
-                    yerr=row[("avg_gap", "std")], fmt="o", capsize=3,
-                    color="crimson" if method.startswith("uib") else "steelblue")
-        ax.annotate(method, (row[("time_ratio", "mean")], row[("avg_gap", "mean")]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.set(xscale="log", xlabel="time_ratio (method / retrain, log scale)", ylabel="avg_gap to retrain (pp)",
-           title=f"Closeness to retrain against cost: {title}")
+        ax.errorbar(
+            row[("time_ratio", "mean")],
+            row[("avg_gap", "mean")],
+            xerr=row[("time_ratio", "std")],
+            yerr=row[("avg_gap", "std")],
+            fmt="o",
+            capsize=3,
+            color="crimson" if method.startswith("uib") else "steelblue",
+        )
+        ax.annotate(
+            method,
+            (row[("time_ratio", "mean")], row[("avg_gap", "mean")]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.set(
+        xscale="log",
+        xlabel="time_ratio (method / retrain, log scale)",
+        ylabel="avg_gap to retrain (pp)",
+        title=f"Closeness to retrain against cost: {title}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -88,8 +88,9 @@ def load_version(settings: Settings, version: str) -> nn.Module:
 
 def find_versions(client: MlflowClient, settings: Settings, **tags: str) -> list[ModelVersion]:
     """Versions of the model carrying every `tag=value`, newest first."""
-    query = " and ".join([f"name = '{settings.model_name}'"]
-                         + [f"tags.{k} = '{v}'" for k, v in tags.items()])
+    query = " and ".join(
+        [f"name = '{settings.model_name}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()]
+    )
     try:
         found = client.search_model_versions(query)
     except MlflowException:
@@ -97,8 +98,9 @@ def find_versions(client: MlflowClient, settings: Settings, **tags: str) -> list
     return sorted(found, key=lambda v: int(v.version), reverse=True)
 
 
-def approved_version(client: MlflowClient, settings: Settings,
-                     request_id: str) -> ModelVersion | None:
+def approved_version(
+    client: MlflowClient, settings: Settings, request_id: str
+) -> ModelVersion | None:
     """The version that passed every gate for `request_id`, if a run registered one."""
     found = find_versions(client, settings, request_id=request_id, gates=APPROVED)
     return found[0] if found else None
@@ -115,20 +117,28 @@ def _quiet(logger_name: str):
     return quiet_logger(logger_name, logging.ERROR)
 
 
-def log_model(model: nn.Module, settings: Settings, example: np.ndarray,
-              tags: dict[str, object]) -> ModelVersion:
+def log_model(
+    model: nn.Module, settings: Settings, example: np.ndarray, tags: dict[str, object]
+) -> ModelVersion:
     """Log `model` in the active run and register it as a new version carrying `tags`."""
     import mlflow.pytorch
 
     example = example[:4].astype(np.float32)
     with _quiet("mlflow.pytorch"):
         info = mlflow.pytorch.log_model(
-            model, name="model", signature=infer_signature(example, predict_proba(model, example)),
-            input_example=example, pip_requirements=PIP_REQUIREMENTS,
+            model,
+            name="model",
+            signature=infer_signature(example, predict_proba(model, example)),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
             serialization_format="pickle",
         )
-    return mlflow.register_model(info.model_uri, settings.model_name, await_registration_for=60,
-                                 tags={k: str(v) for k, v in tags.items()})
+    return mlflow.register_model(
+        info.model_uri,
+        settings.model_name,
+        await_registration_for=60,
+        tags={k: str(v) for k, v in tags.items()},
+    )
 
 
 def promote(client: MlflowClient, settings: Settings, version: str) -> None:
@@ -154,8 +164,9 @@ def set_headline(client: MlflowClient, settings: Settings, version: str, line: s
     """Replace the description's headline (a review changes the verdict, not the record)."""
     current = client.get_model_version(settings.model_name, version).description or ""
     body = current.split("\n", 1)[1] if current.startswith("# ") and "\n" in current else current
-    client.update_model_version(settings.model_name, version,
-                                description=f"{line}\n{body}" if body else line)
+    client.update_model_version(
+        settings.model_name, version, description=f"{line}\n{body}" if body else line
+    )
 
 
 def tag_version(client: MlflowClient, settings: Settings, version: str, **tags: str) -> None:
@@ -171,20 +182,33 @@ def untag_version(client: MlflowClient, settings: Settings, version: str, key: s
 def gate_report_of(version: ModelVersion) -> GateReport:
     """The gate report a registered candidate was judged by."""
     return GateReport.model_validate(
-        mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate_report.json"))
+        mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate_report.json")
+    )
 
 
-def log_request_run(request: DeletionRequest, report: UnlearnReport, gates: GateReport,
-                    validation: ValidationReport | None, figures: dict) -> None:
+def log_request_run(
+    request: DeletionRequest,
+    report: UnlearnReport,
+    gates: GateReport,
+    validation: ValidationReport | None,
+    figures: dict,
+) -> None:
     """Params, metrics, reports and figures of one request, in the active run."""
     mlflow.set_tags({"request_id": request.request_id, "reason": request.reason})
-    mlflow.log_params({"method": report.method,
-                       **{f"{report.method}.{k}": v for k, v in report.config.items()}})
+    mlflow.log_params(
+        {"method": report.method, **{f"{report.method}.{k}": v for k, v in report.config.items()}}
+    )
     for prefix, metrics in (("before", gates.before), ("after", gates.after)):
-        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.model_dump().items()
-                            if isinstance(v, float)})
-    mlflow.log_metrics({"unlearn_time_s": report.time_s, "gates_passed": float(gates.passed),
-                        **{f"phase_{k}_s": v for k, v in report.phase_seconds.items()}})
+        mlflow.log_metrics(
+            {f"{prefix}_{k}": v for k, v in metrics.model_dump().items() if isinstance(v, float)}
+        )
+    mlflow.log_metrics(
+        {
+            "unlearn_time_s": report.time_s,
+            "gates_passed": float(gates.passed),
+            **{f"phase_{k}_s": v for k, v in report.phase_seconds.items()},
+        }
+    )
     for step, row in enumerate(report.loss_curve):
         mlflow.log_metrics({f"loss_{k}": v for k, v in row.items() if k != "epoch"}, step=step)
     mlflow.log_dict(gates.model_dump(mode="json"), "gate_report.json")
@@ -205,33 +229,52 @@ def log_figures(figures: dict) -> None:
         plt.close(fig)
 
 
-def registered_attempt(client: MlflowClient, settings: Settings, request_id: str,
-                       attempt_hash: str) -> ModelVersion | None:
+def registered_attempt(
+    client: MlflowClient, settings: Settings, request_id: str, attempt_hash: str
+) -> ModelVersion | None:
     """The version a run already registered for this attempt (a rerun after a crash)."""
     found = find_versions(client, settings, request_id=request_id, attempt=attempt_hash)
     return found[0] if found else None
 
 
-def request_figures(original: nn.Module, candidate: nn.Module, gates: GateReport,
-                    report: UnlearnReport, retain: Samples, test: Samples,
-                    forget: Samples | None) -> dict:
+def request_figures(
+    original: nn.Module,
+    candidate: nn.Module,
+    gates: GateReport,
+    report: UnlearnReport,
+    retain: Samples,
+    test: Samples,
+    forget: Samples | None,
+) -> dict:
     """The request's plots; without the forget set (erased), those that do not read it."""
     if forget is not None:
         return plots.request_figures(original, candidate, gates, report, retain, test, forget)
-    figures = {"per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after),
-               "loss_curves": plots.loss_curves(report.loss_curve)}
+    figures = {
+        "per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after),
+        "loss_curves": plots.loss_curves(report.loss_curve),
+    }
     if gates.after.bias_asr is not None:
         figures["bias_probe"] = plots.bias_probe(gates.before, gates.after)
     return figures
 
 
 @task(name="register-candidate", cache_policy=NO_CACHE)
-def register_candidate(settings: Settings, request: DeletionRequest, original: nn.Module,
-                       candidate: nn.Module, report: UnlearnReport, gates: GateReport,
-                       validation: ValidationReport | None, versions: dict, retain: Samples,
-                       test: Samples, forget: Samples | None, parent_version: str,
-                       n_forget: int, extra_tags: dict[str, str] | None = None
-                       ) -> tuple[str, str]:
+def register_candidate(
+    settings: Settings,
+    request: DeletionRequest,
+    original: nn.Module,
+    candidate: nn.Module,
+    report: UnlearnReport,
+    gates: GateReport,
+    validation: ValidationReport | None,
+    versions: dict,
+    retain: Samples,
+    test: Samples,
+    forget: Samples | None,
+    parent_version: str,
+    n_forget: int,
+    extra_tags: dict[str, str] | None = None,
+) -> tuple[str, str]:
     """Register the candidate with its tags and records; `champion` moves if the gates hold.
 
     Returns (model version, MLflow run id). A request that already has an approved version
@@ -243,13 +286,15 @@ def register_candidate(settings: Settings, request: DeletionRequest, original: n
     if done is not None:
         return str(done.version), done.run_id
     tags = {
-        "request_id": request.request_id, "method": report.method,
+        "request_id": request.request_id,
+        "method": report.method,
         "config_hash": config_hash(report.config),
         "data_version_before": versions["before"]["git_rev"],
         "data_version_after": versions["after"]["git_rev"],
         "data_md5_before": versions["before"]["dvc_md5"],
         "data_md5_after": versions["after"]["dvc_md5"],
-        "n_forget": n_forget, "parent_model_version": parent_version,
+        "n_forget": n_forget,
+        "parent_model_version": parent_version,
         "gates": APPROVED if gates.passed else REJECTED,
         **(extra_tags or {}),
     }
@@ -262,13 +307,16 @@ def register_candidate(settings: Settings, request: DeletionRequest, original: n
     if gates.passed:
         verdict = headline("approved", request.request_id, f"every gate holds ({report.method})")
     else:
-        verdict = headline("rejected", request.request_id,
-                           "failed " + ", ".join(g.name for g in gates.failed))
+        verdict = headline(
+            "rejected", request.request_id, "failed " + ", ".join(g.name for g in gates.failed)
+        )
     client.update_model_version(
-        settings.model_name, version,
+        settings.model_name,
+        version,
         description=f"{verdict}\n\nDeletion request `{request.request_id}`: "
-                    f"{request.reason or 'no reason given'}; method `{report.method}`.\n\n"
-                    f"Gates {'passed' if gates.passed else 'FAILED'}.\n\n{gates.to_markdown()}")
+        f"{request.reason or 'no reason given'}; method `{report.method}`.\n\n"
+        f"Gates {'passed' if gates.passed else 'FAILED'}.\n\n{gates.to_markdown()}",
+    )
     if gates.passed:
         promote(client, settings, version)
     return version, run.info.run_id

@@ -43,8 +43,10 @@ class DeletionRequest(BaseModel):
     @classmethod
     def _request_id(cls, value: str) -> str:
         if not REQUEST_ID.match(value):
-            raise ValueError("request_id must be 1–128 letters, digits, '.', '_' or '-', "
-                             f"starting with a letter or digit; got {value!r}")
+            raise ValueError(
+                "request_id must be 1–128 letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit; got {value!r}"
+            )
         return value
 
     @field_validator("sample_ids")
@@ -173,14 +175,17 @@ class RequestLedger:
     def submit(self, request: DeletionRequest) -> tuple[RequestRecord, bool]:
         """(record, created): `created` is False when the id was already in the ledger."""
         with closing(self._connect()) as db, db:
-            row = db.execute("SELECT * FROM requests WHERE request_id = ?",
-                             (request.request_id,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM requests WHERE request_id = ?", (request.request_id,)
+            ).fetchone()
             if row is not None:
                 existing = self._record(row)
                 when = {"requested_at"}
                 if existing.request.model_dump(exclude=when) != request.model_dump(exclude=when):
-                    raise ValueError(f"request_id {request.request_id!r} is already in the ledger "
-                                     "with other content; use a new request_id")
+                    raise ValueError(
+                        f"request_id {request.request_id!r} is already in the ledger "
+                        "with other content; use a new request_id"
+                    )
                 return existing, False
             db.execute(
                 "INSERT INTO requests (request_id, state, request_json, updated_at) "
@@ -203,7 +208,8 @@ class RequestLedger:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RequestBusy(
-                    f"request {request_id!r} is being processed by another run") from None
+                    f"request {request_id!r} is being processed by another run"
+                ) from None
             try:
                 yield
             finally:
@@ -233,15 +239,23 @@ class RequestLedger:
 
     def get(self, request_id: str) -> RequestRecord:
         with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM requests WHERE request_id = ?",
-                             (request_id,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
         if row is None:
             raise KeyError(f"request_id {request_id!r} is not in the ledger")
         return self._record(row)
 
-    def update(self, request_id: str, state: RequestState, message: str | None = None,
-               flow_run_id: str | None = None, model_version: str | None = None,
-               outcome: dict | None = None, batch_id: str | None = None) -> RequestRecord:
+    def update(
+        self,
+        request_id: str,
+        state: RequestState,
+        message: str | None = None,
+        flow_run_id: str | None = None,
+        model_version: str | None = None,
+        outcome: dict | None = None,
+        batch_id: str | None = None,
+    ) -> RequestRecord:
         """Set the state; every other field given replaces the stored one."""
         self.get(request_id)
         with closing(self._connect()) as db, db:
@@ -251,21 +265,35 @@ class RequestLedger:
                 "model_version = COALESCE(?, model_version), "
                 "outcome_json = COALESCE(?, outcome_json), batch_id = COALESCE(?, batch_id), "
                 "updated_at = ? WHERE request_id = ?",
-                (state, message, flow_run_id, model_version,
-                 None if outcome is None else json.dumps(outcome), batch_id, now(), request_id),
+                (
+                    state,
+                    message,
+                    flow_run_id,
+                    model_version,
+                    None if outcome is None else json.dumps(outcome),
+                    batch_id,
+                    now(),
+                    request_id,
+                ),
             )
         return self.get(request_id)
 
-    def review(self, request_id: str, review: Review, state: RequestState,
-               message: str) -> RequestRecord:
+    def review(
+        self, request_id: str, review: Review, state: RequestState, message: str
+    ) -> RequestRecord:
         """Append a reviewer's action to the request's reviews and set its state."""
         reviews = [*self.get(request_id).reviews, review]
         with closing(self._connect()) as db, db:
             db.execute(
                 "UPDATE requests SET state = ?, message = ?, reviews_json = ?, updated_at = ? "
                 "WHERE request_id = ?",
-                (state, message, json.dumps([r.model_dump(mode="json") for r in reviews]), now(),
-                 request_id),
+                (
+                    state,
+                    message,
+                    json.dumps([r.model_dump(mode="json") for r in reviews]),
+                    now(),
+                    request_id,
+                ),
             )
         return self.get(request_id)
 
@@ -280,10 +308,13 @@ class RequestLedger:
     @staticmethod
     def _record(row: sqlite3.Row) -> RequestRecord:
         return RequestRecord(
-            request_id=row["request_id"], state=row["state"],
+            request_id=row["request_id"],
+            state=row["state"],
             request=DeletionRequest.model_validate(json.loads(row["request_json"])),
-            flow_run_id=row["flow_run_id"], model_version=row["model_version"],
-            message=row["message"], updated_at=row["updated_at"],
+            flow_run_id=row["flow_run_id"],
+            model_version=row["model_version"],
+            message=row["message"],
+            updated_at=row["updated_at"],
             outcome=json.loads(row["outcome_json"]) if row["outcome_json"] else None,
             batch_id=row["batch_id"],
             reviews=json.loads(row["reviews_json"]) if row["reviews_json"] else [],
@@ -317,8 +348,9 @@ class Resolved:
         if self.scenario is None or self.scenario.name != "patch-bias":
             return False
         manifest = self.dataset.manifest
-        patched = manifest.loc[(manifest["split"] == "train") & manifest["patched"].astype(bool),
-                               "sample_id"]
+        patched = manifest.loc[
+            (manifest["split"] == "train") & manifest["patched"].astype(bool), "sample_id"
+        ]
         return bool(len(patched)) and set(patched.astype(str)) <= set(self.forget_ids)
 
 

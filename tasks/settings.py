@@ -36,7 +36,8 @@ class GateConfig(BaseModel):
     max_ra_drop_pp: float = Field(1.0, description="RA ≥ RA_original − this (pp)")
     forget_acc_margin_pp: float = Field(2.0, description="forget accuracy ≤ TA + this (pp)")
     mia_fraction: float = Field(
-        0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level")
+        0.5, description="MIA-Efficacy ≥ this × the retain-calibrated level"
+    )
     bias_asr_ceiling: float = Field(0.1, description="bias_asr ≤ this, for patch-bias requests")
     confidence: float = Field(
         0.95,
@@ -80,15 +81,21 @@ class Settings(BaseSettings):
     )
     shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
     audit_salt: SecretStr | None = Field(
-        None, description="default: a random salt kept in <home>/salt")
+        None, description="default: a random salt kept in <home>/salt"
+    )
     s3_endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint (MinIO, moto) for an s3:// DVC remote and the "
-                          "inbox; MLflow's S3 artifacts read MLFLOW_S3_ENDPOINT_URL")
+        None,
+        description="S3-compatible endpoint (MinIO, moto) for an s3:// DVC remote and the "
+        "inbox; MLflow's S3 artifacts read MLFLOW_S3_ENDPOINT_URL",
+    )
     inbox_url: str | None = Field(
-        None, description="s3://bucket/prefix/ where deletion requests arrive as JSON objects")
+        None, description="s3://bucket/prefix/ where deletion requests arrive as JSON objects"
+    )
     gpu_deployment: str | None = Field(
-        None, description="`unlearn-step/<name>`: run the unlearning step as that deployment "
-                          "(a GPU work pool sharing <home>); default: in the flow's process")
+        None,
+        description="`unlearn-step/<name>`: run the unlearning step as that deployment "
+        "(a GPU work pool sharing <home>); default: in the flow's process",
+    )
     schedule_cron: str = Field("0 2 * * *", description="when `unlearn-scheduled` runs")
     schedule_timezone: str = "UTC"
 
@@ -107,8 +114,9 @@ class Settings(BaseSettings):
         try:
             config_cls.model_validate(self.method_config)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                 for e in error.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+            )
             raise ValueError(f"method_config for {self.method!r}: {problems}") from None
         return self
 

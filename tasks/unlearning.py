@@ -51,11 +51,22 @@ def ensure_gpu_limit(limit: int = 1) -> None:
         get_run_logger().warning("could not set the %r concurrency limit: %s", GPU_TAG, error)
 
 
-@task(name="unlearn", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, timeout_seconds=3600,
-      cache_policy=NO_CACHE)
-def unlearn_task(settings: Settings, model_version: str, forget: Samples | None,
-                 retain: Samples, validation: Samples,
-                 recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
+@task(
+    name="unlearn",
+    tags=[GPU_TAG],
+    retries=1,
+    retry_delay_seconds=5,
+    timeout_seconds=3600,
+    cache_policy=NO_CACHE,
+)
+def unlearn_task(
+    settings: Settings,
+    model_version: str,
+    forget: Samples | None,
+    retain: Samples,
+    validation: Samples,
+    recipe: TrainConfig,
+) -> tuple[nn.Module, UnlearnReport]:
     """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU."""
     original = load_version(settings, model_version)
     device = select_device(settings.device)
@@ -63,59 +74,103 @@ def unlearn_task(settings: Settings, model_version: str, forget: Samples | None,
         candidate, report = unlearn_without_forget(original, retain, settings, recipe, device)
     else:
         candidate, report = uib.unlearn(
-            original, forget, retain, settings.method, settings.method_config,
-            train_config=recipe, validation=validation, device=device,
+            original,
+            forget,
+            retain,
+            settings.method,
+            settings.method_config,
+            train_config=recipe,
+            validation=validation,
+            device=device,
             seed=settings.scenario.seed,
         )
-    get_run_logger().info("%s on %s: %.2f s %s", settings.method, device, report.time_s,
-                          report.phase_seconds)
+    get_run_logger().info(
+        "%s on %s: %.2f s %s", settings.method, device, report.time_s, report.phase_seconds
+    )
     return candidate.cpu().eval(), report
 
 
-def unlearn_without_forget(original: nn.Module, retain: Samples, settings: Settings,
-                           recipe: TrainConfig, device) -> tuple[nn.Module, UnlearnReport]:
+def unlearn_without_forget(
+    original: nn.Module, retain: Samples, settings: Settings, recipe: TrainConfig, device
+) -> tuple[nn.Module, UnlearnReport]:
     """A `FORGET_FREE` method on the retain set alone, reported as `uib.unlearn` reports it."""
     if settings.method not in FORGET_FREE:
-        raise ValueError(f"method {settings.method!r} reads the forget set, which is erased; "
-                         f"only {sorted(FORGET_FREE)} can run")
+        raise ValueError(
+            f"method {settings.method!r} reads the forget set, which is erased; "
+            f"only {sorted(FORGET_FREE)} can run"
+        )
     entry = methods.get(settings.method)
     config = entry.config_cls.model_validate(settings.method_config)
     original = copy.deepcopy(original).to(device).eval()
     rx, ry = to_tensors(retain, device)
     nothing = torch.empty((0, *rx.shape[1:]), dtype=rx.dtype, device=device)
     ctx = methods.UnlearnContext(
-        original=original, forget_x=nothing, forget_y=ry[:0], retain_x=rx, retain_y=ry,
-        val_x=None, val_y=None, device=device, train_config=recipe,
-        num_classes=original.spec.num_classes, seed=settings.scenario.seed, progress=False)
+        original=original,
+        forget_x=nothing,
+        forget_y=ry[:0],
+        retain_x=rx,
+        retain_y=ry,
+        val_x=None,
+        val_y=None,
+        device=device,
+        train_config=recipe,
+        num_classes=original.spec.num_classes,
+        seed=settings.scenario.seed,
+        progress=False,
+    )
     torch.manual_seed(settings.scenario.seed)
     start = time.perf_counter()
     result = entry.run(copy.deepcopy(original), ctx, config).eval()
     report = UnlearnReport(
-        method=settings.method, config=config.model_dump(), losses=ctx.losses,
-        loss_curve=ctx.loss_curve, param_shift=param_shift(original, result),
-        phase_seconds=ctx.phase_seconds, time_s=time.perf_counter() - start, n_forget=0,
-        n_retain=len(retain), device=str(device), notes={"forget_set": "erased before this run"})
+        method=settings.method,
+        config=config.model_dump(),
+        losses=ctx.losses,
+        loss_curve=ctx.loss_curve,
+        param_shift=param_shift(original, result),
+        phase_seconds=ctx.phase_seconds,
+        time_s=time.perf_counter() - start,
+        n_forget=0,
+        n_retain=len(retain),
+        device=str(device),
+        notes={"forget_set": "erased before this run"},
+    )
     return result, report
 
 
-def candidate_key(settings: Settings, model_version: str, data_md5: str,
-                  recipe: TrainConfig) -> str:
+def candidate_key(
+    settings: Settings, model_version: str, data_md5: str, recipe: TrainConfig
+) -> str:
     """Everything the candidate depends on: parent version, data version, method, recipe, seed."""
-    return "-".join([f"v{model_version}", data_md5.removesuffix(".dir"),
-                     settings.method, config_hash(settings.method_config),
-                     config_hash(recipe.model_dump()), f"seed{settings.scenario.seed}"])
+    return "-".join(
+        [
+            f"v{model_version}",
+            data_md5.removesuffix(".dir"),
+            settings.method,
+            config_hash(settings.method_config),
+            config_hash(recipe.model_dump()),
+            f"seed{settings.scenario.seed}",
+        ]
+    )
 
 
-def run_unlearning(settings: Settings, request_id: str, model_version: str, data_md5: str,
-                   forget: Samples | None, retain: Samples, validation: Samples,
-                   recipe: TrainConfig) -> tuple[nn.Module, UnlearnReport]:
+def run_unlearning(
+    settings: Settings,
+    request_id: str,
+    model_version: str,
+    data_md5: str,
+    forget: Samples | None,
+    retain: Samples,
+    validation: Samples,
+    recipe: TrainConfig,
+) -> tuple[nn.Module, UnlearnReport]:
     """`unlearn_task` with its result persisted under `candidate_key`, named by its method.
 
     One folder per request, removed when the request is closed.
     """
     key = candidate_key(settings, model_version, data_md5, recipe)
     persisted = unlearn_task.with_options(
-        cache_policy=CachePolicy.from_cache_key_fn(lambda *_: key), persist_result=True,
+        cache_policy=CachePolicy.from_cache_key_fn(lambda *_: key),
+        persist_result=True,
         result_storage=settings.results_dir / request_id,
         task_run_name=f"unlearn-{settings.method}",
     )

@@ -30,7 +30,9 @@ class UnlearnReport(BaseModel):
     notes: dict = {}
 
 
-def check_request(model: nn.Module, forget: Samples, retain: Samples, validation: Samples | None) -> int:
+def check_request(
+    model: nn.Module, forget: Samples, retain: Samples, validation: Samples | None
+) -> int:
     """Refuse what no method can honour, naming the problem; returns the number of classes."""
     num_classes = model.spec.num_classes
     if len(forget) == 0:
@@ -41,18 +43,25 @@ def check_request(model: nn.Module, forget: Samples, retain: Samples, validation
         if part is not None:
             part.check(num_classes, name)
             if tuple(part.x.shape[1:]) != tuple(model.spec.image_shape):
-                raise DataError(f"{name}: images of shape {part.x.shape[1:]}, the model takes "
-                                f"{model.spec.image_shape}")
+                raise DataError(
+                    f"{name}: images of shape {part.x.shape[1:]}, the model takes "
+                    f"{model.spec.image_shape}"
+                )
     overlap = set(forget.ids.tolist()) & set(retain.ids.tolist())
     if overlap:
-        raise DataError(f"{len(overlap)} sample ids are in both forget and retain, e.g. {sorted(overlap)[:5]}")
+        raise DataError(
+            f"{len(overlap)} sample ids are in both forget and retain, e.g. {sorted(overlap)[:5]}"
+        )
     return num_classes
 
 
 def param_shift(before: nn.Module, after: nn.Module) -> dict[str, float]:
     """‖m − θ0‖ per parameter block (zero-shift blocks included; `retrain` shifts everything)."""
     old = dict(before.named_parameters())
-    return {k: float((p.detach().float() - old[k].detach().float()).norm()) for k, p in after.named_parameters()}
+    return {
+        k: float((p.detach().float() - old[k].detach().float()).norm())
+        for k, p in after.named_parameters()
+    }
 
 
 def unlearn(
@@ -74,7 +83,11 @@ def unlearn(
     `validation` is held-out data the model never trained on; UIB picks its IF step length on it.
     """
     entry = methods.get(method)
-    cfg = config if isinstance(config, entry.config_cls) else entry.config_cls.model_validate(config or {})
+    cfg = (
+        config
+        if isinstance(config, entry.config_cls)
+        else entry.config_cls.model_validate(config or {})
+    )
     num_classes = check_request(model, forget, retain, validation)
     device = select_device(device or "auto")
     original = copy.deepcopy(model).to(device).eval()
@@ -83,9 +96,18 @@ def unlearn(
     rx, ry = to_tensors(retain, device)
     vx, vy = to_tensors(validation, device) if validation is not None else (None, None)
     ctx = methods.UnlearnContext(
-        original=original, forget_x=fx, forget_y=fy, retain_x=rx, retain_y=ry, val_x=vx, val_y=vy,
-        device=device, train_config=train_config or TrainConfig(), num_classes=num_classes,
-        seed=seed, progress=progress,
+        original=original,
+        forget_x=fx,
+        forget_y=fy,
+        retain_x=rx,
+        retain_y=ry,
+        val_x=vx,
+        val_y=vy,
+        device=device,
+        train_config=train_config or TrainConfig(),
+        num_classes=num_classes,
+        seed=seed,
+        progress=progress,
     )
     torch.manual_seed(seed)
     reset_peak_memory(device)
@@ -96,9 +118,17 @@ def unlearn(
     elapsed = time.perf_counter() - start
     result.eval()
     report = UnlearnReport(
-        method=method, config=cfg.model_dump(), losses=ctx.losses, loss_curve=ctx.loss_curve,
-        param_shift=param_shift(original, result), phase_seconds=ctx.phase_seconds, time_s=elapsed,
-        n_forget=len(forget), n_retain=len(retain), device=str(device),
-        peak_memory_mb=peak_memory_mb(device), notes=ctx.notes,
+        method=method,
+        config=cfg.model_dump(),
+        losses=ctx.losses,
+        loss_curve=ctx.loss_curve,
+        param_shift=param_shift(original, result),
+        phase_seconds=ctx.phase_seconds,
+        time_s=elapsed,
+        n_forget=len(forget),
+        n_retain=len(retain),
+        device=str(device),
+        peak_memory_mb=peak_memory_mb(device),
+        notes=ctx.notes,
     )
     return result, report

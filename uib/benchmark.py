@@ -35,14 +35,19 @@ class BenchmarkConfig(BaseModel):
     fraction: float = 0.1
     target_class: int = 0
     corruption: str = "fog"
-    counts: list[int] | None = Field(None, description="random / class-sample: forget sets of "
-                                     "these sizes, all unlearned from the same original")
+    counts: list[int] | None = Field(
+        None,
+        description="random / class-sample: forget sets of "
+        "these sizes, all unlearned from the same original",
+    )
     methods: list[str] = Field(default_factory=lambda: ["retrain", "finetune", "influence", "uib"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arch: str | None = None
     epochs: int | None = Field(None, description="override the recipe's epochs (never for reports)")
     method_configs: dict[str, dict] = Field(default_factory=dict)
-    noise_floor: bool = Field(False, description="add `retrain-reseeded`: retrain from another init")
+    noise_floor: bool = Field(
+        False, description="add `retrain-reseeded`: retrain from another init"
+    )
     device: str = "auto"
     progress: bool = True
 
@@ -58,13 +63,19 @@ def scenarios_of(config: BenchmarkConfig, seed: int, dataset) -> list:
     so they share the training data and the original)."""
     from uib.scenarios import ScenarioConfig, build_scenario
 
-    base = {"name": config.scenario, "seed": seed, "fraction": config.fraction,
-            "target_class": config.target_class, "corruption": config.corruption}
+    base = {
+        "name": config.scenario,
+        "seed": seed,
+        "fraction": config.fraction,
+        "target_class": config.target_class,
+        "corruption": config.corruption,
+    }
     if config.counts is None:
         return [build_scenario(dataset, ScenarioConfig(**base))]
     if config.scenario not in ("random", "class-sample"):
-        raise ValueError(f"counts: only for the random and class-sample scenarios, not "
-                         f"{config.scenario!r}")
+        raise ValueError(
+            f"counts: only for the random and class-sample scenarios, not {config.scenario!r}"
+        )
     return [build_scenario(dataset, ScenarioConfig(**base, count=n)) for n in config.counts]
 
 
@@ -72,38 +83,63 @@ def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
     scenarios = scenarios_of(config, seed, dataset)
     training = scenarios[0].dataset
     validation, test = split_validation(training.test)
-    recipe = TrainConfig.for_dataset(dataset.name, seed=seed,
-                                     **({"epochs": config.epochs} if config.epochs else {}))
+    recipe = TrainConfig.for_dataset(
+        dataset.name, seed=seed, **({"epochs": config.epochs} if config.epochs else {})
+    )
     torch.manual_seed(seed)
     arch = config.arch or default_arch(dataset.image_shape)
     original = build_model(arch, dataset.image_shape, dataset.num_classes)
     train_model(original, training.train, recipe, config.device, progress=config.progress)
-    return [row for scenario in scenarios
-            for row in run_scenario(config, scenario, original, recipe, validation, test)]
+    return [
+        row
+        for scenario in scenarios
+        for row in run_scenario(config, scenario, original, recipe, validation, test)
+    ]
 
 
-def run_scenario(config: BenchmarkConfig, scenario, original, recipe: TrainConfig, validation,
-                 test) -> list[dict]:
+def run_scenario(
+    config: BenchmarkConfig, scenario, original, recipe: TrainConfig, validation, test
+) -> list[dict]:
     """Every method on one forget set from `original`, retrain first."""
     seed = scenario.config.seed
     retain, forget = scenario.split()
 
     def measure(model) -> dict:
-        return {"forget_size": len(forget),
-                **evaluate(model, retain, forget, test, scenario.config, seed=seed).model_dump()}
+        return {
+            "forget_size": len(forget),
+            **evaluate(model, retain, forget, test, scenario.config, seed=seed).model_dump(),
+        }
 
     rows = [{"method": "original", "seed": seed, **measure(original)}]
     for name in check_methods(config.methods):
-        model, report = uib.unlearn(original, forget, retain, name, config.method_configs.get(name),
-                                    train_config=recipe, validation=validation, device=config.device,
-                                    seed=seed, progress=config.progress)
+        model, report = uib.unlearn(
+            original,
+            forget,
+            retain,
+            name,
+            config.method_configs.get(name),
+            train_config=recipe,
+            validation=validation,
+            device=config.device,
+            seed=seed,
+            progress=config.progress,
+        )
         rows.append({"method": name, "seed": seed, **measure(model), "time_s": report.time_s})
     if config.noise_floor:
         reseeded = recipe.model_copy(update={"seed": recipe.seed + RESEED_OFFSET})
-        model, report = uib.unlearn(original, forget, retain, "retrain", train_config=reseeded,
-                                    device=config.device, seed=seed, progress=config.progress)
-        rows.append({"method": "retrain-reseeded", "seed": seed, **measure(model),
-                     "time_s": report.time_s})
+        model, report = uib.unlearn(
+            original,
+            forget,
+            retain,
+            "retrain",
+            train_config=reseeded,
+            device=config.device,
+            seed=seed,
+            progress=config.progress,
+        )
+        rows.append(
+            {"method": "retrain-reseeded", "seed": seed, **measure(model), "time_s": report.time_s}
+        )
     reference = next(r for r in rows if r["method"] == "retrain")
     for row in rows:
         row["avg_gap"] = avg_gap(row, reference)
@@ -117,8 +153,11 @@ def summarise(results: pd.DataFrame) -> str:
     one row per forget-set size and method when the results hold several sizes."""
     sizes = "forget_size" in results and results["forget_size"].nunique() > 1
     keys = ["forget_size", "method"] if sizes else ["method"]
-    numeric = [c for c in COLUMNS if c not in ("method", "seed", "forget_size")
-               and c in results and results[c].notna().any()]
+    numeric = [
+        c
+        for c in COLUMNS
+        if c not in ("method", "seed", "forget_size") and c in results and results[c].notna().any()
+    ]
     lines = ["| " + " | ".join(keys + numeric) + " |", "|---" * (len(keys) + len(numeric)) + "|"]
     for key, group in results.groupby(keys, sort=False):
         cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
@@ -134,21 +173,37 @@ def small_request_table(results: pd.DataFrame) -> str:
     the forget set's accuracy and loss rank among test losses, time_ratio and avg_gap, as
     Markdown (mean ± std over seeds)."""
     original = results[results["method"] == "original"].set_index(["seed", "forget_size"])
-    lines = ["| ids | method | ΔTA (pp) | ΔRA (pp) | forget acc | forget loss rank | MIA-Eff. "
-             "| time_ratio | avg_gap (pp) |", "|---" * 9 + "|"]
+    lines = [
+        "| ids | method | ΔTA (pp) | ΔRA (pp) | forget acc | forget loss rank | MIA-Eff. "
+        "| time_ratio | avg_gap (pp) |",
+        "|---" * 9 + "|",
+    ]
 
     def cell(values, scale=1.0, sign=""):
         values = pd.Series(values, dtype=float) * scale
         return f"{values.mean():{sign}.3f} ± {values.std(ddof=0):.3f}"
 
     for (size, method), group in results[results["method"] != "original"].groupby(
-            ["forget_size", "method"], sort=False):
+        ["forget_size", "method"], sort=False
+    ):
         base = original.loc[list(zip(group["seed"], group["forget_size"], strict=True))]
-        lines.append("| " + " | ".join([
-            str(size), method, cell(group["TA"].values - base["TA"].values, 100, "+"),
-            cell(group["RA"].values - base["RA"].values, 100, "+"), cell(1 - group["UA"]),
-            cell(group["forget_loss_rank"]), cell(group["mia_efficacy"]),
-            cell(group["time_ratio"]), cell(group["avg_gap"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(size),
+                    method,
+                    cell(group["TA"].values - base["TA"].values, 100, "+"),
+                    cell(group["RA"].values - base["RA"].values, 100, "+"),
+                    cell(1 - group["UA"]),
+                    cell(group["forget_loss_rank"]),
+                    cell(group["mia_efficacy"]),
+                    cell(group["time_ratio"]),
+                    cell(group["avg_gap"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +221,11 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
-    header = (f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
-              f"Recipe: {TrainConfig.for_dataset(config.dataset).model_dump()}"
-              f"{f' (epochs overridden to {config.epochs})' if config.epochs else ''}; "
-              f"device {config.device}.\n\n")
+    header = (
+        f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
+        f"Recipe: {TrainConfig.for_dataset(config.dataset).model_dump()}"
+        f"{f' (epochs overridden to {config.epochs})' if config.epochs else ''}; "
+        f"device {config.device}.\n\n"
+    )
     (out / "results.md").write_text(header + summarise(results))
     return results
-

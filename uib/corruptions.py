@@ -173,8 +173,12 @@ def motion_blur(images, rng, sigma: float = 3.0, max_angle: float = 45.0):
     r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
     fr, fc = rows - r0, cols - c0
     batch = np.broadcast_to(np.arange(n)[:, None], rows.shape)
-    for dr, dc, share in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
-                          (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+    for dr, dc, share in (
+        (0, 0, (1 - fr) * (1 - fc)),
+        (0, 1, (1 - fr) * fc),
+        (1, 0, fr * (1 - fc)),
+        (1, 1, fr * fc),
+    ):
         np.add.at(kernel, (batch, r0 + dr, c0 + dc), weights * share)
     return signal.fftconvolve(images, kernel[:, :size, :size], mode="same", axes=(1, 2))
 
@@ -240,8 +244,16 @@ def fog(images, rng, strength: float = 3.0, decay: float = 1.4):
 
 
 @corruption
-def spatter(images, rng, loc: float = 0.65, spread: float = 0.3, sigma: float = 1.0,
-            threshold: float = 0.65, mask_sigma: float = 1.5, colour: float = 63 / 255):
+def spatter(
+    images,
+    rng,
+    loc: float = 0.65,
+    spread: float = 0.3,
+    sigma: float = 1.0,
+    threshold: float = 0.65,
+    mask_sigma: float = 1.5,
+    colour: float = 63 / 255,
+):
     """Grey blobs: thresholded smoothed noise, smoothed again and kept where it is solid."""
     liquid = _blur(rng.normal(loc, spread, images.shape), _px(images, sigma))
     mask = _blur((liquid > threshold).astype(np.float64), _px(images, mask_sigma))
@@ -263,8 +275,15 @@ def dotted_line(images, rng, width: float = 2.3, dash: float = 2.0):
 
 
 @corruption
-def zigzag(images, rng, width: float = 2.3, period: float = 2.0, amplitude: float = 2.0,
-           margin: float = 2.0, max_tilt: float = 5.0):
+def zigzag(
+    images,
+    rng,
+    width: float = 2.3,
+    period: float = 2.0,
+    amplitude: float = 2.0,
+    margin: float = 2.0,
+    max_tilt: float = 5.0,
+):
     """A triangle wave from near the left edge to near the right one, along a random row and
     tilt: MNIST-C's polyline of half-period `period` and amplitude `amplitude`."""
     n, h, w = images.shape

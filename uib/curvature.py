@@ -45,8 +45,10 @@ def materialised_floats(model: nn.Module) -> int:
     layers = factored_layers(model)
     if layers is None:
         return sum(p.numel() for p in trainable(model).values())
-    return sum(m.weight.numel() if isinstance(m, nn.Conv2d) else m.in_features + m.out_features
-               for m in layers.values())
+    return sum(
+        m.weight.numel() if isinstance(m, nn.Conv2d) else m.in_features + m.out_features
+        for m in layers.values()
+    )
 
 
 def per_sample_grads(
@@ -64,7 +66,9 @@ def per_sample_grads(
 
     def sample_loss(p, xi, yi):
         logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), yi.unsqueeze(0))
+        return F.cross_entropy(
+            logits.to(torch.promote_types(logits.dtype, torch.float32)), yi.unsqueeze(0)
+        )
 
     sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     try:
@@ -74,7 +78,9 @@ def per_sample_grads(
         model.train(was_training)
 
 
-def per_sample_grads_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def per_sample_grads_loop(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """The slow reference: one autograd call per sample, stacked. For tests and benchmarks."""
     model.eval()
     params = trainable(model)
@@ -100,8 +106,12 @@ class GradientStats:
 
 
 def gradient_stats(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
-    weights: torch.Tensor | None = None, path: str = "auto",
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int = 32,
+    weights: torch.Tensor | None = None,
+    path: str = "auto",
 ) -> GradientStats:
     """Diagonal Fisher and gradient sum of the per-sample losses, by the `factored` path where
     the model allows it (`auto`), else by `vmap`; both are exact."""
@@ -109,12 +119,19 @@ def gradient_stats(
         raise ValueError(f"path must be auto, factored or vmap, got {path!r}")
     layers = factored_layers(model) if path != "vmap" else None
     if path == "factored" and layers is None:
-        raise ValueError("the factored path needs every trainable parameter in a Linear or a "
-                         "Conv2d (groups=1, numeric zero padding)")
+        raise ValueError(
+            "the factored path needs every trainable parameter in a Linear or a "
+            "Conv2d (groups=1, numeric zero padding)"
+        )
     accumulate = StatsAccumulator(trainable(model), weights is not None)
-    chunks = (factored_chunks(model, layers, x, y, chunk_size) if layers is not None else
-              ({k: (g, None) for k, g in chunk.items()}
-               for chunk in per_sample_grads(model, x, y, chunk_size)))
+    chunks = (
+        factored_chunks(model, layers, x, y, chunk_size)
+        if layers is not None
+        else (
+            {k: (g, None) for k, g in chunk.items()}
+            for chunk in per_sample_grads(model, x, y, chunk_size)
+        )
+    )
     start = 0
     for chunk in chunks:
         rows = next(iter(chunk.values()))[0].shape[0]
@@ -134,11 +151,17 @@ class StatsAccumulator:
         dtypes = {k: torch.promote_types(v.dtype, torch.float32) for k, v in params.items()}
         self.squares = {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
         self.sums = {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
-        self.weighted = ({k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
-                         if weighted else None)
+        self.weighted = (
+            {k: torch.zeros_like(v, dtype=dtypes[k]) for k, v in params.items()}
+            if weighted
+            else None
+        )
 
-    def __call__(self, chunk: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
-                 weights: torch.Tensor | None) -> None:
+    def __call__(
+        self,
+        chunk: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+        weights: torch.Tensor | None,
+    ) -> None:
         for name, (g, a) in chunk.items():
             dtype = self.sums[name].dtype
             g = g.to(dtype)
@@ -173,8 +196,12 @@ def factored_layers(model: nn.Module) -> dict[str, nn.Module] | None:
     for name, module in model.named_modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
-        conv_ok = (isinstance(module, nn.Conv2d) and module.groups == 1
-                   and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+        conv_ok = (
+            isinstance(module, nn.Conv2d)
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
         if not (isinstance(module, nn.Linear) or conv_ok):
             return None
         if any(not p.requires_grad for p in module.parameters(recurse=False)):
@@ -184,7 +211,11 @@ def factored_layers(model: nn.Module) -> dict[str, nn.Module] | None:
 
 
 def factored_chunks(
-    model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, chunk_size: int
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int,
 ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
     """Per chunk, the per-sample gradient of every parameter in `StatsAccumulator`'s form, from
     one forward and one backward to the layers' outputs (never to the weights themselves)."""
@@ -202,15 +233,20 @@ def factored_chunks(
         for start in range(0, len(y), chunk_size):
             seen.clear()
             logits = model(x[start : start + chunk_size])
-            loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
-                                   y[start : start + chunk_size], reduction="sum")
+            loss = F.cross_entropy(
+                logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                y[start : start + chunk_size],
+                reduction="sum",
+            )
             modules = list(seen)
             grads = torch.autograd.grad(loss, [seen[m][1] for m in modules])
             by_module = {m: (seen[m][0], g.detach()) for m, g in zip(modules, grads, strict=True)}
             chunk = {}
             for name, module in layers.items():
                 prefix = f"{name}." if name else ""
-                chunk.update({prefix + k: v for k, v in layer_grads(module, *by_module[module]).items()})
+                chunk.update(
+                    {prefix + k: v for k, v in layer_grads(module, *by_module[module]).items()}
+                )
             yield chunk
     finally:
         for handle in handles:
@@ -232,8 +268,10 @@ def layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str
     else:
         unfolded = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
         g = g.flatten(2)
-        grads["weight"] = (torch.bmm(g, unfolded.transpose(1, 2)).view(-1, *module.weight.shape),
-                           None)
+        grads["weight"] = (
+            torch.bmm(g, unfolded.transpose(1, 2)).view(-1, *module.weight.shape),
+            None,
+        )
         bias = g.sum(2)
     if module.bias is not None:
         grads["bias"] = (bias, None)
@@ -248,18 +286,27 @@ def summed_gradient(
     was_training = model.training
     model.eval()
     params = trainable(model)
-    total = {k: torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32)) for k, v in params.items()}
+    total = {
+        k: torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32))
+        for k, v in params.items()
+    }
     for start in range(0, len(y), batch_size):
         logits = model(x[start : start + batch_size])
         loss = F.cross_entropy(logits.float(), y[start : start + batch_size], reduction="sum")
-        for (name, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
+        for (name, _), g in zip(
+            params.items(), torch.autograd.grad(loss, list(params.values())), strict=True
+        ):
             total[name] += g.to(total[name].dtype)
     model.train(was_training)
     return total
 
 
 def newton_removal_step(
-    model: nn.Module, retain_x: torch.Tensor, retain_y: torch.Tensor, forget: GradientStats, l2: float = 0.0
+    model: nn.Module,
+    retain_x: torch.Tensor,
+    retain_y: torch.Tensor,
+    forget: GradientStats,
+    l2: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The exact IF step H_r⁻¹ g_f with the full Hessian of Σ_retain ℓ + (l2/2)‖θ‖².
 
@@ -272,11 +319,19 @@ def newton_removal_step(
     flat0 = torch.cat([v.flatten() for v in params.values()])
 
     def retain_loss(flat):
-        parts = dict(zip(names, (c.view(s) for c, s in zip(flat.split(sizes), shapes, strict=True)), strict=True))
+        parts = dict(
+            zip(
+                names,
+                (c.view(s) for c, s in zip(flat.split(sizes), shapes, strict=True)),
+                strict=True,
+            )
+        )
         logits = functional_call(model, parts, (retain_x,))
         return F.cross_entropy(logits, retain_y, reduction="sum") + 0.5 * l2 * flat.pow(2).sum()
 
     hessian = torch.func.hessian(retain_loss)(flat0)
     g_f = torch.cat([forget.grad_sum[k].flatten() for k in names])
     step = torch.linalg.solve(hessian, g_f)
-    return dict(zip(names, (c.view(s) for c, s in zip(step.split(sizes), shapes, strict=True)), strict=True))
+    return dict(
+        zip(names, (c.view(s) for c, s in zip(step.split(sizes), shapes, strict=True)), strict=True)
+    )

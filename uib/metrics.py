@@ -13,8 +13,17 @@ from torch import nn
 from uib.samples import Samples
 from uib.train import predict_logits
 
-METRIC_COLUMNS = ["UA", "RA", "TA", "test_f1", "mia_efficacy", "forget_loss_rank", "bias_asr",
-                  "bias_corr", "corrupt_acc"]
+METRIC_COLUMNS = [
+    "UA",
+    "RA",
+    "TA",
+    "test_f1",
+    "mia_efficacy",
+    "forget_loss_rank",
+    "bias_asr",
+    "bias_corr",
+    "corrupt_acc",
+]
 GAP_METRICS = ["UA", "RA", "TA", "mia_efficacy"]
 
 
@@ -52,11 +61,17 @@ class MembershipAttack:
     fraction of rows it calls non-members, i.e. MIA-Efficacy when applied to the forget set.
     """
 
-    def __init__(self, member: np.ndarray, nonmember: np.ndarray, seed: int = 0, max_per_side: int = 2000):
+    def __init__(
+        self, member: np.ndarray, nonmember: np.ndarray, seed: int = 0, max_per_side: int = 2000
+    ):
         rng = np.random.default_rng(seed)
         n = min(len(member), len(nonmember), max_per_side)
-        xs = np.concatenate([member[rng.permutation(len(member))[:n]],
-                             nonmember[rng.permutation(len(nonmember))[:n]]])
+        xs = np.concatenate(
+            [
+                member[rng.permutation(len(member))[:n]],
+                nonmember[rng.permutation(len(nonmember))[:n]],
+            ]
+        )
         labels = np.concatenate([np.ones(n), np.zeros(n)])
         self.scaler = StandardScaler().fit(xs)
         self.clf = LogisticRegression().fit(self.scaler.transform(xs), labels)
@@ -70,8 +85,12 @@ class MembershipAttack:
         return float((self.member_probability(features) < 0.5).mean())
 
 
-def loss_percentiles(losses: np.ndarray, labels: np.ndarray, reference_losses: np.ndarray,
-                     reference_labels: np.ndarray) -> np.ndarray:
+def loss_percentiles(
+    losses: np.ndarray,
+    labels: np.ndarray,
+    reference_losses: np.ndarray,
+    reference_labels: np.ndarray,
+) -> np.ndarray:
     """Per sample, the share of reference losses of its label below its loss (ties count half);
     NaN where the reference has no sample of that label.
 
@@ -128,17 +147,29 @@ def corrupt_accuracy(model: nn.Module, test: Samples, kind: str, device=None) ->
     return accuracy(predict_logits(model, x, device).argmax(1).numpy(), test.y)
 
 
-def evaluate(model: nn.Module, retain: Samples, forget: Samples, test: Samples, scenario=None,
-             device=None, seed: int = 0) -> Metrics:
+def evaluate(
+    model: nn.Module,
+    retain: Samples,
+    forget: Samples,
+    test: Samples,
+    scenario=None,
+    device=None,
+    seed: int = 0,
+) -> Metrics:
     """All metrics of one model; `scenario` (a ScenarioConfig) adds the bias or corruption probe."""
-    logits = {name: predict_logits(model, part.x, device)
-              for name, part in (("retain", retain), ("forget", forget), ("test", test))}
+    logits = {
+        name: predict_logits(model, part.x, device)
+        for name, part in (("retain", retain), ("forget", forget), ("test", test))
+    }
     preds = {k: v.argmax(1).numpy() for k, v in logits.items()}
-    attack = MembershipAttack(mia_features(logits["retain"], retain.y),
-                              mia_features(logits["test"], test.y), seed=seed)
+    attack = MembershipAttack(
+        mia_features(logits["retain"], retain.y), mia_features(logits["test"], test.y), seed=seed
+    )
     forget_acc = accuracy(preds["forget"], forget.y)
     num_classes = model.spec.num_classes
-    per_class = [accuracy(preds["test"][test.y == c], test.y[test.y == c]) for c in range(num_classes)]
+    per_class = [
+        accuracy(preds["test"][test.y == c], test.y[test.y == c]) for c in range(num_classes)
+    ]
     metrics = Metrics(
         UA=1.0 - forget_acc,
         RA=accuracy(preds["retain"], retain.y),
@@ -147,9 +178,18 @@ def evaluate(model: nn.Module, retain: Samples, forget: Samples, test: Samples, 
         forget_acc=forget_acc,
         mia_efficacy=attack.nonmember_rate(mia_features(logits["forget"], forget.y)),
         mia_test_level=attack.nonmember_rate(mia_features(logits["test"], test.y)),
-        forget_loss_rank=float(np.nanmean(loss_percentiles(
-            per_sample_loss(logits["forget"], forget.y), forget.y,
-            per_sample_loss(logits["test"], test.y), test.y))) if len(forget) else None,
+        forget_loss_rank=float(
+            np.nanmean(
+                loss_percentiles(
+                    per_sample_loss(logits["forget"], forget.y),
+                    forget.y,
+                    per_sample_loss(logits["test"], test.y),
+                    test.y,
+                )
+            )
+        )
+        if len(forget)
+        else None,
         per_class_acc=per_class,
     )
     name = getattr(scenario, "name", None)

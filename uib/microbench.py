@@ -33,8 +33,14 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def gradient_speed(arch: str = "cnn", rows: int = 512, chunk_sizes=(16, 32, 64, 128),
-                   device: str = "auto", repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+def gradient_speed(
+    arch: str = "cnn",
+    rows: int = 512,
+    chunk_sizes=(16, 32, 64, 128),
+    device: str = "auto",
+    repeats: int = 3,
+    seed: int = 0,
+) -> pd.DataFrame:
     """ms per sample to get the diagonal Fisher and the gradient sum (what UIB needs of the
     per-sample gradients) by an autograd loop, by `torch.func` vmap and by the factored path, at
     each chunk size (best of `repeats`)."""
@@ -73,8 +79,16 @@ def _rss_mb() -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def unlearn_peak_memory(original, forget, retain, validation, train_config, method: str = "uib",
-                        config: dict | None = None, device: str = "auto") -> float:
+def unlearn_peak_memory(
+    original,
+    forget,
+    retain,
+    validation,
+    train_config,
+    method: str = "uib",
+    config: dict | None = None,
+    device: str = "auto",
+) -> float:
     """MiB that one `uib.unlearn` call adds to the peak (CUDA allocator, or CPU resident set)."""
     from uib.api import unlearn
 
@@ -83,19 +97,43 @@ def unlearn_peak_memory(original, forget, retain, validation, train_config, meth
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        unlearn(original, forget, retain, method, config, train_config=train_config,
-                validation=validation, device=device, progress=False)
+        unlearn(
+            original,
+            forget,
+            retain,
+            method,
+            config,
+            train_config=train_config,
+            validation=validation,
+            device=device,
+            progress=False,
+        )
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_mb()
-    unlearn(original, forget, retain, method, config, train_config=train_config,
-            validation=validation, device=device, progress=False)
+    unlearn(
+        original,
+        forget,
+        retain,
+        method,
+        config,
+        train_config=train_config,
+        validation=validation,
+        device=device,
+        progress=False,
+    )
     return _rss_high_water_mb() - base
 
 
-def memory_scaling(dataset_name: str = "mnist", data_dir: str | None = None,
-                   retain_sizes=(2000, 6000, 12000, 21600), chunk_sizes=(32, 256, 1024),
-                   device: str = "auto", seed: int = 0, repeats: int = 3) -> pd.DataFrame:
+def memory_scaling(
+    dataset_name: str = "mnist",
+    data_dir: str | None = None,
+    retain_sizes=(2000, 6000, 12000, 21600),
+    chunk_sizes=(32, 256, 1024),
+    device: str = "auto",
+    seed: int = 0,
+    repeats: int = 3,
+) -> pd.DataFrame:
     """Peak MiB of UIB (median and max of `repeats` calls) against the retain-set size (rows of
     D_r handed to the call) and the chunk size, on the `random` scenario. The original is trained for one epoch: memory does
     not depend on how well it is trained."""
@@ -110,25 +148,46 @@ def memory_scaling(dataset_name: str = "mnist", data_dir: str | None = None,
     validation, _ = split_validation(dataset.test)
     recipe = TrainConfig.for_dataset(dataset.name, seed=seed, epochs=1)
     torch.manual_seed(seed)
-    original = build_model(default_arch(dataset.image_shape), dataset.image_shape,
-                           dataset.num_classes)
+    original = build_model(
+        default_arch(dataset.image_shape), dataset.image_shape, dataset.num_classes
+    )
     train_model(original, scenario.dataset.train, recipe, device, progress=False)
     rows = []
     for chunk in chunk_sizes:
         for size in retain_sizes:
             part = retain.take(np.arange(min(size, len(retain))))
-            peaks = [unlearn_peak_memory(original, forget, part, validation, recipe,
-                                         config={"chunk_size": chunk}, device=device)
-                     for _ in range(repeats)]
-            rows.append({"n_retain": len(part), "chunk_size": chunk,
-                         "peak_mb": float(np.median(peaks)), "max_mb": max(peaks)})
+            peaks = [
+                unlearn_peak_memory(
+                    original,
+                    forget,
+                    part,
+                    validation,
+                    recipe,
+                    config={"chunk_size": chunk},
+                    device=device,
+                )
+                for _ in range(repeats)
+            ]
+            rows.append(
+                {
+                    "n_retain": len(part),
+                    "chunk_size": chunk,
+                    "peak_mb": float(np.median(peaks)),
+                    "max_mb": max(peaks),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def cost_scaling(dataset_name: str = "mnist", data_dir: str | None = None,
-                 scenario: str = "patch-bias", forget_fractions=(0.01, 0.05, 0.1, 0.2),
-                 retain_samples=(250, 500, 1000, 2000, 4000), seed: int = 1,
-                 device: str = "auto") -> pd.DataFrame:
+def cost_scaling(
+    dataset_name: str = "mnist",
+    data_dir: str | None = None,
+    scenario: str = "patch-bias",
+    forget_fractions=(0.01, 0.05, 0.1, 0.2),
+    retain_samples=(250, 500, 1000, 2000, 4000),
+    seed: int = 1,
+    device: str = "auto",
+) -> pd.DataFrame:
     """UIB's seconds, per phase, and `time_ratio` / `avg_gap` against retrain in the same process.
 
     One original and one retrain per forget fraction (of the training set; for `patch-bias` the
@@ -145,8 +204,9 @@ def cost_scaling(dataset_name: str = "mnist", data_dir: str | None = None,
     return pd.DataFrame(rows)
 
 
-def _scaling_rows(dataset, scenario: str, fraction: float, retain_samples, seed: int,
-                  device: str) -> list[dict]:
+def _scaling_rows(
+    dataset, scenario: str, fraction: float, retain_samples, seed: int, device: str
+) -> list[dict]:
     from uib.api import unlearn
     from uib.metrics import avg_gap, evaluate
     from uib.samples import split_validation
@@ -154,29 +214,48 @@ def _scaling_rows(dataset, scenario: str, fraction: float, retain_samples, seed:
     from uib.train import TrainConfig, train_model
 
     share = (dataset.num_classes - 1) / dataset.num_classes if scenario == "patch-bias" else 1.0
-    built = build_scenario(dataset, ScenarioConfig(name=scenario, seed=seed, fraction=fraction / share))
+    built = build_scenario(
+        dataset, ScenarioConfig(name=scenario, seed=seed, fraction=fraction / share)
+    )
     retain, forget = built.split()
     validation, test = split_validation(built.dataset.test)
     recipe = TrainConfig.for_dataset(dataset.name, seed=seed)
     torch.manual_seed(seed)
-    original = build_model(default_arch(dataset.image_shape), dataset.image_shape,
-                           dataset.num_classes)
+    original = build_model(
+        default_arch(dataset.image_shape), dataset.image_shape, dataset.num_classes
+    )
     train_model(original, built.dataset.train, recipe, device, progress=False)
 
     def run(method: str, config: dict | None = None) -> tuple[dict, object]:
-        model, report = unlearn(original, forget, retain, method, config, train_config=recipe,
-                                validation=validation, device=device, seed=seed, progress=False)
+        model, report = unlearn(
+            original,
+            forget,
+            retain,
+            method,
+            config,
+            train_config=recipe,
+            validation=validation,
+            device=device,
+            seed=seed,
+            progress=False,
+        )
         return evaluate(model, retain, forget, test, built.config, seed=seed).model_dump(), report
 
     reference, retrained = run("retrain")
     rows = []
     for size in retain_samples:
         metrics, report = run("uib", {"retain_sample": size})
-        rows.append({
-            "forget_fraction": len(forget) / len(built.dataset.train), "n_forget": len(forget),
-            "retain_sample": min(size, len(retain)), "uib_s": report.time_s,
-            "retrain_s": retrained.time_s, "time_ratio": report.time_s / retrained.time_s,
-            "avg_gap": avg_gap(metrics, reference), "passes": report.notes.get("passes_run"),
-            **{f"{phase}_s": seconds for phase, seconds in report.phase_seconds.items()},
-        })
+        rows.append(
+            {
+                "forget_fraction": len(forget) / len(built.dataset.train),
+                "n_forget": len(forget),
+                "retain_sample": min(size, len(retain)),
+                "uib_s": report.time_s,
+                "retrain_s": retrained.time_s,
+                "time_ratio": report.time_s / retrained.time_s,
+                "avg_gap": avg_gap(metrics, reference),
+                "passes": report.notes.get("passes_run"),
+                **{f"{phase}_s": seconds for phase, seconds in report.phase_seconds.items()},
+            }
+        )
     return rows

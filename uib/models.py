@@ -43,13 +43,20 @@ class SmallCNN(nn.Module):
         c, h, w = image_shape
         pad = 0 if min(h, w) >= 16 else 1
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 32, 3, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, c, h, w)).numel()
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes),
+            nn.Flatten(),
+            nn.Linear(flat, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -78,13 +87,17 @@ class ResNet18(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         c = image_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(c, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
         blocks, cin = [], 64
         for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
             blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -118,7 +131,9 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     """A newly initialised model of the same architecture (what `retrain` starts from)."""
     torch.manual_seed(seed)
     spec = model.spec
-    return build_model(spec.arch, spec.image_shape, spec.num_classes).to(next(model.parameters()).device)
+    return build_model(spec.arch, spec.image_shape, spec.num_classes).to(
+        next(model.parameters()).device
+    )
 
 
 def model_from_state(spec: ModelSpec | dict, state_dict: dict) -> nn.Module:

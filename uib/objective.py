@@ -8,17 +8,28 @@ from uib.prior import LayerPrior
 
 
 def gaussian_kl(
-    mean_q: torch.Tensor, sigma_q: float | torch.Tensor, mean_p: torch.Tensor, precision_p: torch.Tensor
+    mean_q: torch.Tensor,
+    sigma_q: float | torch.Tensor,
+    mean_p: torch.Tensor,
+    precision_p: torch.Tensor,
 ) -> torch.Tensor:
     """Σ KL( N(mean_q, σ_q²) ‖ N(mean_p, 1/precision_p) ), elementwise diagonal Gaussians."""
     var_q = torch.as_tensor(sigma_q, dtype=mean_q.dtype, device=mean_q.device) ** 2
     var_q = var_q.expand_as(mean_q)
-    return 0.5 * (
-        precision_p * var_q + precision_p * (mean_q - mean_p) ** 2 - 1.0 - torch.log(precision_p * var_q)
-    ).sum()
+    return (
+        0.5
+        * (
+            precision_p * var_q
+            + precision_p * (mean_q - mean_p) ** 2
+            - 1.0
+            - torch.log(precision_p * var_q)
+        ).sum()
+    )
 
 
-def prior_kl(params: dict[str, torch.Tensor], prior: dict[str, LayerPrior], sigma: float) -> torch.Tensor:
+def prior_kl(
+    params: dict[str, torch.Tensor], prior: dict[str, LayerPrior], sigma: float
+) -> torch.Tensor:
     """Σ over blocks of KL(q ‖ p), q = N(m, σ²) with m the current parameters."""
     return sum(gaussian_kl(params[k], sigma, p.mean, p.precision) for k, p in prior.items())
 

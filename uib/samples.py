@@ -43,7 +43,9 @@ class Samples:
         mask = np.isin(self.ids, wanted)
         missing = np.setdiff1d(wanted, self.ids[mask])
         if missing.size:
-            raise DataError(f"{missing.size} sample ids not in the data, e.g. {missing[:5].tolist()}")
+            raise DataError(
+                f"{missing.size} sample ids not in the data, e.g. {missing[:5].tolist()}"
+            )
         return self.take(mask)
 
     def drop(self, ids) -> Samples:
@@ -61,7 +63,9 @@ class Samples:
         # does); a NaN or Inf anywhere makes it non-finite, and only then are rows inspected.
         if not np.isfinite(self.x.sum(dtype=np.float64)):
             bad = self.ids[~np.isfinite(self.x.reshape(len(self.x), -1)).all(axis=1)]
-            raise DataError(f"{name}: non-finite values (NaN or Inf) in x of samples {bad[:5].tolist()}")
+            raise DataError(
+                f"{name}: non-finite values (NaN or Inf) in x of samples {bad[:5].tolist()}"
+            )
         out = (self.y < 0) | (self.y >= num_classes)
         if out.any():
             raise DataError(
@@ -84,6 +88,8 @@ def split_validation(test: Samples, fraction: float = 0.5) -> tuple[Samples, Sam
     is_val = np.zeros(len(test), dtype=bool)
     for label in np.unique(test.y):
         rows = np.nonzero(test.y == label)[0]
-        take = np.floor(np.arange(1, len(rows) + 1) * fraction) - np.floor(np.arange(len(rows)) * fraction)
+        take = np.floor(np.arange(1, len(rows) + 1) * fraction) - np.floor(
+            np.arange(len(rows)) * fraction
+        )
         is_val[rows[take.astype(bool)]] = True
     return test.take(is_val), test.take(~is_val)

@@ -101,13 +101,18 @@ def train_model(
     x, y = to_tensors(data, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
-    losses = fit(model, x, y, config.epochs, optimizer, config.batch_size, config.seed, progress=progress)
+    losses = fit(
+        model, x, y, config.epochs, optimizer, config.batch_size, config.seed, progress=progress
+    )
     return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None, batch_size: int = 2048
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    device: torch.device | None = None,
+    batch_size: int = 2048,
 ) -> torch.Tensor:
     """Logits in float32 on the CPU, computed in eval mode in batches."""
     device = device or next(model.parameters()).device

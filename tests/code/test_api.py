@@ -10,8 +10,22 @@ from uib import methods
 from uib.models import build_model
 from uib.samples import DataError, Samples
 
-EXPECTED = {"retrain", "finetune", "neggrad", "neggrad+", "influence", "random-label", "scrub",
-            "salun", "ssd", "l1-sparse", "uib", "uib+neggrad", "uib+scrub", "uib+salun"}
+EXPECTED = {
+    "retrain",
+    "finetune",
+    "neggrad",
+    "neggrad+",
+    "influence",
+    "random-label",
+    "scrub",
+    "salun",
+    "ssd",
+    "l1-sparse",
+    "uib",
+    "uib+neggrad",
+    "uib+scrub",
+    "uib+salun",
+}
 
 
 def toy(n=200, seed=0):
@@ -34,7 +48,9 @@ def test_registry_lists_every_baseline_and_uib_variant():
 
 def test_report_has_every_loss_term_param_shift_and_phase_times(model):
     retain, forget = toy().split_off([f"s-{i:04d}" for i in range(20)])
-    new, report = uib.unlearn(model, forget, retain, "uib", {"eta": 0.01, "passes": 1}, progress=False)
+    new, report = uib.unlearn(
+        model, forget, retain, "uib", {"eta": 0.01, "passes": 1}, progress=False
+    )
     assert {"retain_ce", "kl_prior"} <= set(report.losses)
     assert set(report.param_shift) == {k for k, _ in model.named_parameters()}
     assert max(report.param_shift.values()) > 0
@@ -42,7 +58,9 @@ def test_report_has_every_loss_term_param_shift_and_phase_times(model):
     assert report.n_forget == 20 and report.n_retain == 180 and report.time_s > 0
     before = [p.detach().clone() for p in model.parameters()]
     uib.unlearn(model, forget, retain, "finetune", progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), "input model changed"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), (
+        "input model changed"
+    )
 
 
 def test_unknown_method_is_named(model):
@@ -80,7 +98,9 @@ def test_labels_out_of_range_are_named(model):
     y = data.y.copy()
     y[5] = 10
     retain, forget = Samples(data.x, y, data.ids).split_off(["s-0005"])
-    with pytest.raises(DataError, match=r"forget: labels out of range \[0, 10\) at samples \['s-0005'\]"):
+    with pytest.raises(
+        DataError, match=r"forget: labels out of range \[0, 10\) at samples \['s-0005'\]"
+    ):
         uib.unlearn(model, forget, retain, "uib")
 
 
@@ -101,7 +121,10 @@ def test_overlapping_forget_and_retain_is_refused(model):
 
 def test_wrong_image_shape_is_named(model):
     rng = np.random.default_rng(0)
-    other = Samples(rng.random((10, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 10),
-                    np.array([f"m-{i}" for i in range(10)]))
+    other = Samples(
+        rng.random((10, 1, 28, 28), dtype=np.float32),
+        rng.integers(0, 10, 10),
+        np.array([f"m-{i}" for i in range(10)]),
+    )
     with pytest.raises(DataError, match="forget: images of shape"):
         uib.unlearn(model, other, toy(), "uib")

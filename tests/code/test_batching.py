@@ -7,19 +7,23 @@ import pandas as pd
 from tasks.batching import plan_batch
 from tasks.requests import DeletionRequest, RequestRecord, RequestState
 
-MANIFEST = pd.DataFrame({
-    "sample_id": [f"s{i:03d}" for i in range(100)] + ["t000"],
-    "split": ["train"] * 100 + ["test"],
-    "source": ["faulty"] * 5 + ["clean"] * 95 + ["clean"],
-})
+MANIFEST = pd.DataFrame(
+    {
+        "sample_id": [f"s{i:03d}" for i in range(100)] + ["t000"],
+        "split": ["train"] * 100 + ["test"],
+        "source": ["faulty"] * 5 + ["clean"] * 95 + ["clean"],
+    }
+)
 START = datetime(2026, 11, 24, tzinfo=UTC)
 
 
 def pending(request_id, minutes, **selection) -> RequestRecord:
-    request = DeletionRequest(request_id=request_id, requested_at=START + timedelta(minutes=minutes),
-                              **selection)
-    return RequestRecord(request_id=request_id, state=RequestState.PENDING, request=request,
-                         updated_at=START)
+    request = DeletionRequest(
+        request_id=request_id, requested_at=START + timedelta(minutes=minutes), **selection
+    )
+    return RequestRecord(
+        request_id=request_id, state=RequestState.PENDING, request=request, updated_at=START
+    )
 
 
 def test_compatible_requests_share_a_batch_and_the_rest_wait():
@@ -50,9 +54,11 @@ def test_compatible_requests_share_a_batch_and_the_rest_wait():
 
 
 def test_slices_batch_with_slices():
-    records = [pending("faulty", 0, where={"source": "faulty"}),
-               pending("ids", 1, sample_ids=["s050"]),
-               pending("faulty-again", 2, where={"source": "faulty", "split": "train"})]
+    records = [
+        pending("faulty", 0, where={"source": "faulty"}),
+        pending("ids", 1, sample_ids=["s050"]),
+        pending("faulty-again", 2, where={"source": "faulty", "split": "train"}),
+    ]
     plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
     assert plan.members == ["faulty", "faulty-again"] and list(plan.queued) == ["ids"]
     assert plan.sample_ids == ["s000", "s001", "s002", "s003", "s004"]

@@ -10,17 +10,41 @@ from uib.benchmark import COLUMNS
 
 
 def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
-    result = CliRunner().invoke(app, [
-        "benchmark", "--dataset", "digits", "--scenario", "patch-bias", "--methods", "uib,finetune",
-        "--seeds", "1", "--epochs", "5", "--out", str(tmp_path),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "digits",
+            "--scenario",
+            "patch-bias",
+            "--methods",
+            "uib,finetune",
+            "--seeds",
+            "1",
+            "--epochs",
+            "5",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "results.csv")
     assert list(table.columns) == COLUMNS
     assert set(table.method) == {"original", "retrain", "uib", "finetune"}
     for method in ("retrain", "uib"):
         row = table[table.method == method].iloc[0]
-        for col in ("UA", "RA", "TA", "test_f1", "mia_efficacy", "bias_asr", "time_s", "time_ratio", "avg_gap"):
+        for col in (
+            "UA",
+            "RA",
+            "TA",
+            "test_f1",
+            "mia_efficacy",
+            "bias_asr",
+            "time_s",
+            "time_ratio",
+            "avg_gap",
+        ):
             assert math.isfinite(row[col]), (method, col)
         for col in ("UA", "RA", "TA", "test_f1", "mia_efficacy", "bias_asr"):
             assert 0.0 <= row[col] <= 1.0
@@ -30,9 +54,25 @@ def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
 
 
 def test_the_noise_floor_is_a_second_retrain_from_another_init(tmp_path):
-    result = CliRunner().invoke(app, [
-        "benchmark", "--dataset", "digits", "--scenario", "class", "--methods", "retrain",
-        "--seeds", "1", "--epochs", "5", "--noise-floor", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "digits",
+            "--scenario",
+            "class",
+            "--methods",
+            "retrain",
+            "--seeds",
+            "1",
+            "--epochs",
+            "5",
+            "--noise-floor",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "results.csv").set_index("method")
     assert list(table.index) == ["original", "retrain", "retrain-reseeded"]
@@ -56,19 +96,39 @@ def test_benchmark_cli_names_an_unknown_method(tmp_path):
 
 
 def test_benchmark_cli_takes_seeds_and_method_settings(tmp_path):
-    result = CliRunner().invoke(app, [
-        "benchmark", "--dataset", "digits", "--methods", "uib", "--seeds", "1", "--first-seed", "3",
-        "--epochs", "3", "--set", "uib.retain_sample=200", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "digits",
+            "--methods",
+            "uib",
+            "--seeds",
+            "1",
+            "--first-seed",
+            "3",
+            "--epochs",
+            "3",
+            "--set",
+            "uib.retain_sample=200",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert set(pd.read_csv(tmp_path / "results.csv").seed) == {3}
     report = CliRunner().invoke(app, ["report", str(tmp_path), "--figures", str(tmp_path)])
     assert report.exit_code == 0 and "seeds [3]" in report.output
     assert (tmp_path / f"gap-vs-time-{tmp_path.name}.png").stat().st_size > 0
-    for bad, named in ((["--set", "uib.retain_samples=5"], "retain_samples"),
-                       (["--set", "uib=5"], "METHOD.FIELD=VALUE"),
-                       (["--set", "scrub.alpha=1"], "scrub")):
-        refused = CliRunner().invoke(app, ["benchmark", "--methods", "uib", *bad,
-                                           "--out", str(tmp_path / "bad")])
+    for bad, named in (
+        (["--set", "uib.retain_samples=5"], "retain_samples"),
+        (["--set", "uib=5"], "METHOD.FIELD=VALUE"),
+        (["--set", "scrub.alpha=1"], "scrub"),
+    ):
+        refused = CliRunner().invoke(
+            app, ["benchmark", "--methods", "uib", *bad, "--out", str(tmp_path / "bad")]
+        )
         assert refused.exit_code == 2 and named in refused.output, refused.output
 
 
@@ -76,8 +136,11 @@ def test_gradient_micro_benchmark_reports_every_path_and_chunk_size():
     from uib.microbench import gradient_speed
 
     table = gradient_speed(rows=8, chunk_sizes=(2, 4), repeats=1, device="cpu")
-    assert table.method.tolist() == ["autograd loop", *["torch.func vmap"] * 2,
-                                     *["factored (layer hooks)"] * 2]
+    assert table.method.tolist() == [
+        "autograd loop",
+        *["torch.func vmap"] * 2,
+        *["factored (layer hooks)"] * 2,
+    ]
     assert table.chunk_size.tolist() == [1, 2, 4, 2, 4]
     assert (table.ms_per_sample > 0).all() and table.speedup.iloc[0] == 1.0
 
@@ -85,8 +148,9 @@ def test_gradient_micro_benchmark_reports_every_path_and_chunk_size():
 def test_cost_scaling_covers_every_forget_fraction_and_retain_sample():
     from uib.microbench import cost_scaling
 
-    table = cost_scaling("digits", forget_fractions=(0.05,), retain_samples=(100, 400),
-                         device="cpu")
+    table = cost_scaling(
+        "digits", forget_fractions=(0.05,), retain_samples=(100, 400), device="cpu"
+    )
     small, large = sorted(table.n_forget.unique())
     assert table[table.n_forget == small].retain_sample.tolist() == [1000]
     assert table[table.n_forget == large].retain_sample.tolist() == [100, 400]
@@ -99,8 +163,13 @@ def test_cost_scaling_covers_every_forget_fraction_and_retain_sample():
 def test_memory_scaling_measures_every_retain_size_and_chunk():
     from uib.microbench import memory_scaling
 
-    table = memory_scaling("digits", retain_sizes=(200, 1000), chunk_sizes=(8, 64), device="cpu",
-                           repeats=2)
-    assert table[["n_retain", "chunk_size"]].values.tolist() == [[200, 8], [1000, 8], [200, 64],
-                                                                 [1000, 64]]
+    table = memory_scaling(
+        "digits", retain_sizes=(200, 1000), chunk_sizes=(8, 64), device="cpu", repeats=2
+    )
+    assert table[["n_retain", "chunk_size"]].values.tolist() == [
+        [200, 8],
+        [1000, 8],
+        [200, 64],
+        [1000, 64],
+    ]
     assert (table.peak_mb >= 0).all() and (table.max_mb >= table.peak_mb).all()

@@ -60,8 +60,14 @@ def fit_logreg(x, y, l2, init=None):
     model = LogReg(x.shape[1])
     if init is not None:
         model.load_state_dict(init.state_dict())
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -83,7 +89,9 @@ def test_if_step_on_l2_logistic_regression_is_the_newton_step_and_lands_near_ret
     try:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(400, 5, generator=g)
-        y = (x @ torch.tensor([1.5, -2.0, 0.5, 0.0, 1.0]) + 0.3 * torch.randn(400, generator=g) > 0).long()
+        y = (
+            x @ torch.tensor([1.5, -2.0, 0.5, 0.0, 1.0]) + 0.3 * torch.randn(400, generator=g) > 0
+        ).long()
         l2 = 1.0
         forget_rows = torch.arange(0, 400, 20)
         keep = torch.ones(400, dtype=torch.bool)
@@ -98,7 +106,10 @@ def test_if_step_on_l2_logistic_regression_is_the_newton_step_and_lands_near_ret
 
         def retain_objective(theta):
             w, b = theta[:10].view(2, 5), theta[10:]
-            return F.cross_entropy(x[keep] @ w.T + b, y[keep], reduction="sum") + 0.5 * l2 * theta.pow(2).sum()
+            return (
+                F.cross_entropy(x[keep] @ w.T + b, y[keep], reduction="sum")
+                + 0.5 * l2 * theta.pow(2).sum()
+            )
 
         grad_r = torch.autograd.grad(retain_objective(theta0), theta0)[0]
         hessian = torch.autograd.functional.hessian(retain_objective, theta0.detach())
@@ -136,8 +147,12 @@ def test_the_factored_path_gives_the_vmap_statistics_weighted_and_unweighted():
         for name, _ in model.named_parameters():
             for part in ("fisher", "grad_sum", "weighted_fisher"):
                 expected = getattr(by_vmap, part)[name]
-                torch.testing.assert_close(getattr(factored, part)[name], expected, rtol=1e-4,
-                                           atol=1e-5 * float(expected.abs().max()))
+                torch.testing.assert_close(
+                    getattr(factored, part)[name],
+                    expected,
+                    rtol=1e-4,
+                    atol=1e-5 * float(expected.abs().max()),
+                )
 
 
 def test_models_the_factored_path_cannot_take_go_through_vmap():

@@ -15,10 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_served_deployments_match_prefect_yaml(tmp_path):
     settings = Settings(home=tmp_path / "uib", schedule_cron="30 1 * * *")
     served = {f"{d.flow_name}/{d.name}": d for d in build_deployments(settings)}
-    assert set(served) == {"unlearn/unlearn-on-event", "unlearn-scheduled/unlearn-scheduled",
-                           "train/train", "unlearn-step/local"}
-    declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())[
-        "deployments"]}
+    assert set(served) == {
+        "unlearn/unlearn-on-event",
+        "unlearn-scheduled/unlearn-scheduled",
+        "train/train",
+        "unlearn-step/local",
+    }
+    declared = {
+        d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    }
     assert set(declared) == {"unlearn-on-event", "unlearn-scheduled", "train", "gpu"}
 
     trigger = served["unlearn/unlearn-on-event"].triggers[0]
@@ -26,13 +31,18 @@ def test_served_deployments_match_prefect_yaml(tmp_path):
     yaml_trigger = declared["unlearn-on-event"]["triggers"][0]
     assert set(yaml_trigger["expect"]) == trigger.expect
     assert yaml_trigger["match"] == trigger.match.model_dump()
-    assert yaml_trigger["parameters"] == trigger.parameters == {
-        "request": "{{ event.payload.request }}"}
+    assert (
+        yaml_trigger["parameters"]
+        == trigger.parameters
+        == {"request": "{{ event.payload.request }}"}
+    )
 
     schedule = served["unlearn-scheduled/unlearn-scheduled"].schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("30 1 * * *", "UTC")
-    assert declared["unlearn-scheduled"]["schedules"][0]["cron"] == Settings.model_fields[
-        "schedule_cron"].default
+    assert (
+        declared["unlearn-scheduled"]["schedules"][0]["cron"]
+        == Settings.model_fields["schedule_cron"].default
+    )
     assert not served["train/train"].schedules and not served["train/train"].triggers
     assert declared["gpu"]["work_pool"]["name"] == "uib-gpu"
     for name in ("unlearn-on-event", "unlearn-scheduled", "train"):

@@ -5,11 +5,14 @@ import pytest
 from tasks.inbox import parse_inbox_url, read_request
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("s3://bucket/deletion-requests/", ("bucket", "deletion-requests/")),
-    ("s3://bucket/deletion-requests", ("bucket", "deletion-requests/")),
-    ("s3://bucket", ("bucket", "")),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("s3://bucket/deletion-requests/", ("bucket", "deletion-requests/")),
+        ("s3://bucket/deletion-requests", ("bucket", "deletion-requests/")),
+        ("s3://bucket", ("bucket", "")),
+    ],
+)
 def test_inbox_urls(url, expected):
     assert parse_inbox_url(url) == expected
 

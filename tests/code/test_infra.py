@@ -15,13 +15,22 @@ INFRA = Path(__file__).resolve().parents[2] / "infra"
 def test_compose_services_wire_up():
     compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "minio", "buckets", "prefect-server", "mlflow", "worker",
-            "worker-gpu"} <= set(services)
+    assert {
+        "postgres",
+        "minio",
+        "buckets",
+        "prefect-server",
+        "mlflow",
+        "worker",
+        "worker-gpu",
+    } <= set(services)
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
-    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"][
-        "PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert (
+        "postgresql+asyncpg://"
+        in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    )
     assert "--artifacts-destination s3://" in services["mlflow"]["command"]
     assert "postgresql+psycopg2://" in services["mlflow"]["command"]
     worker = services["worker"]["environment"]
@@ -33,12 +42,18 @@ def test_compose_services_wire_up():
         assert script.exists()
 
 
-@pytest.mark.skipif(subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
-                    != 0 if shutil.which("docker") else True,
-                    reason="no `docker compose` client here")
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="no `docker compose` client here",
+)
 def test_docker_compose_config_validates():
-    result = subprocess.run(["docker", "compose", "-f", str(INFRA / "compose.yaml"), "config",
-                             "-q"], capture_output=True, text=True)
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(INFRA / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -50,8 +65,9 @@ def test_the_gpu_job_template_requests_a_gpu_and_the_shared_state():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
     assert template["variables"]["properties"]["gpu_count"]["default"] == 1
     assert container["volumeMounts"][0]["mountPath"] == "/state"
-    placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}",
-                                  json.dumps(template["job_configuration"])))
+    placeholders = set(
+        re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"]))
+    )
     assert placeholders <= set(template["variables"]["properties"]), placeholders
 
 

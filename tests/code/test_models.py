@@ -10,8 +10,16 @@ from uib.samples import Samples
 from uib.train import TrainConfig, predict, train_model
 
 
-@pytest.mark.parametrize(("arch", "shape"), [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn", (1, 28, 28)),
-                                             ("resnet18", (3, 32, 32)), ("resnet18", (1, 28, 28))])
+@pytest.mark.parametrize(
+    ("arch", "shape"),
+    [
+        ("mlp", (1, 8, 8)),
+        ("cnn", (1, 8, 8)),
+        ("cnn", (1, 28, 28)),
+        ("resnet18", (3, 32, 32)),
+        ("resnet18", (1, 28, 28)),
+    ],
+)
 def test_models_map_images_to_class_logits(arch, shape):
     model = build_model(arch, shape, 10).eval()
     assert model(torch.rand(2, *shape)).shape == (2, 10)

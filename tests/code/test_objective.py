@@ -17,8 +17,12 @@ def test_gaussian_kl_matches_torch_distributions():
     m, mu = torch.randn(50, generator=g), torch.randn(50, generator=g)
     precision = torch.rand(50, generator=g) * 10 + 0.1
     for sigma in (1e-3, 0.5, torch.rand(50, generator=g) + 0.1):
-        expected = kl_divergence(Normal(m, torch.as_tensor(sigma).expand(50)), Normal(mu, precision.rsqrt())).sum()
-        torch.testing.assert_close(gaussian_kl(m, sigma, mu, precision), expected, rtol=1e-5, atol=1e-5)
+        expected = kl_divergence(
+            Normal(m, torch.as_tensor(sigma).expand(50)), Normal(mu, precision.rsqrt())
+        ).sum()
+        torch.testing.assert_close(
+            gaussian_kl(m, sigma, mu, precision), expected, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_prior_is_the_damped_if_step_with_shift_aware_precision():
@@ -28,7 +32,9 @@ def test_prior_is_the_damped_if_step_with_shift_aware_precision():
     g_f = torch.tensor([2.0, -1.0, 0.0, 8.0])
     retain = GradientStats({"w": f_r}, {"w": torch.zeros(4)}, 100)
     forget = GradientStats({"w": f_f}, {"w": g_f}, 10)
-    prior = build_prior(theta0, retain, forget, n_retain=100, eta=0.5, alpha=2.0, lam_scale=0.1)["w"]
+    prior = build_prior(theta0, retain, forget, n_retain=100, eta=0.5, alpha=2.0, lam_scale=0.1)[
+        "w"
+    ]
     lam = 0.1 * f_r.mean()
     torch.testing.assert_close(prior.mean, theta0["w"] + 0.5 * g_f / (100 * (f_r + lam)))
     s = (f_f / (f_r + lam)) / (f_f / (f_r + lam)).mean()
@@ -62,7 +68,9 @@ def test_uib_with_alpha_zero_and_huge_beta_stays_at_the_if_step():
     free, _ = uib.unlearn(model, forget, retain, "uib", {**common, "beta": 0.0}, progress=False)
 
     def distance(a, b):
-        return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+        return max(
+            float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True)
+        )
 
     # Adam moves every entry by about lr per step whatever the gradient's size, so "equal" is
     # within a couple of steps' worth; without the pull the passes walk much further.

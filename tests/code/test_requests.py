@@ -8,16 +8,22 @@ import pytest
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 
 
-@pytest.mark.parametrize(("fields", "named"), [
-    ({}, "exactly one of sample_ids or where"),
-    ({"sample_ids": ["a"], "where": {"source": "faulty"}}, "exactly one of sample_ids or where"),
-    ({"sample_ids": []}, "sample_ids is empty"),
-    ({"sample_ids": ["a", "a"]}, "more than once"),
-    ({"sample_ids": ["a", " "]}, "blank entries at positions \\[1\\]"),
-    ({"where": {}}, "where is empty"),
-    ({"sample_ids": ["a"], "request_id": "../etc"}, "request_id must be"),
-    ({"sample_ids": ["a"], "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({}, "exactly one of sample_ids or where"),
+        (
+            {"sample_ids": ["a"], "where": {"source": "faulty"}},
+            "exactly one of sample_ids or where",
+        ),
+        ({"sample_ids": []}, "sample_ids is empty"),
+        ({"sample_ids": ["a", "a"]}, "more than once"),
+        ({"sample_ids": ["a", " "]}, "blank entries at positions \\[1\\]"),
+        ({"where": {}}, "where is empty"),
+        ({"sample_ids": ["a"], "request_id": "../etc"}, "request_id must be"),
+        ({"sample_ids": ["a"], "colour": "red"}, "colour"),
+    ],
+)
 def test_bad_requests_name_the_field(fields, named):
     with pytest.raises(pydantic.ValidationError, match=named):
         DeletionRequest(**fields)
@@ -35,7 +41,10 @@ def test_ledger_records_a_request_once_and_tracks_its_state(tmp_path):
     ledger.update("req-1", RequestState.APPROVED, "done", model_version="2")
     reopened = RequestLedger(tmp_path / "requests.db").get("req-1")
     assert (reopened.state, reopened.flow_run_id, reopened.model_version) == (
-        RequestState.APPROVED, "run-9", "2")
+        RequestState.APPROVED,
+        "run-9",
+        "2",
+    )
     assert not reopened.is_open
     assert [r.request_id for r in ledger.list(RequestState.APPROVED)] == ["req-1"]
 
@@ -73,8 +82,11 @@ def test_the_ledger_keeps_the_outcome_and_lists_by_state(tmp_path):
     ledger.update("req-2", RequestState.REJECTED, "gate failed", model_version="3")
     ledger.update("req-2", RequestState.APPROVED, outcome={"model_version": "4"})
     record = ledger.get("req-2")
-    assert (record.message, record.model_version, record.outcome) == ("gate failed", "3",
-                                                                      {"model_version": "4"})
+    assert (record.message, record.model_version, record.outcome) == (
+        "gate failed",
+        "3",
+        {"model_version": "4"},
+    )
     assert [r.request_id for r in ledger.list(RequestState.PENDING)] == ["req-1"]
 
 

@@ -6,8 +6,21 @@ from uib.corruptions import CORRUPTIONS, apply, available
 from uib.samples import DataError
 
 KINDS = [
-    "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate",
-    "brightness", "translate", "stripe", "fog", "spatter", "dotted_line", "zigzag", "canny_edges",
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "shear",
+    "scale",
+    "rotate",
+    "brightness",
+    "translate",
+    "stripe",
+    "fog",
+    "spatter",
+    "dotted_line",
+    "zigzag",
+    "canny_edges",
 ]
 SEEDLESS = {"scale", "brightness", "stripe", "canny_edges"}
 

@@ -55,7 +55,9 @@ def test_mnist_loads_the_shared_subset(mnist):
     assert mnist.train.y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert mnist.test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert mnist.train.ids[[0, 12, -1]].tolist() == [
-        "mnist-train-00000", "mnist-train-00012", "mnist-train-23999"
+        "mnist-train-00000",
+        "mnist-train-00012",
+        "mnist-train-23999",
     ]
     assert mnist.test.ids[3] == "mnist-test-00003"
 

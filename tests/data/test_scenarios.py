@@ -205,8 +205,13 @@ def test_select_by_unknown_ids_lists_them(biased):
 
 @pytest.mark.parametrize(
     "where",
-    [{"source": "faulty"}, {"patched": "true"}, {"patched": "True"}, {"patched": True},
-     {"source": "faulty", "patched": "1", "label": "3"}],
+    [
+        {"source": "faulty"},
+        {"patched": "true"},
+        {"patched": "True"},
+        {"patched": True},
+        {"source": "faulty", "patched": "1", "label": "3"},
+    ],
 )
 def test_select_by_predicate_with_string_values(biased, where):
     selected = select_forget(biased.dataset.manifest, where=where)

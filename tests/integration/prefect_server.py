@@ -22,8 +22,12 @@ def free_port() -> int:
 
 
 def quiet_prefect_env(home: Path) -> dict[str, str]:
-    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false"}
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_ENABLED": "false",
+    }
 
 
 def wait_until(check, timeout: float, what: str, log: Path | None = None, interval: float = 0.5):
@@ -42,8 +46,13 @@ def wait_until(check, timeout: float, what: str, log: Path | None = None, interv
 def running(command: list[str], env: dict[str, str], log: Path):
     """A subprocess with its output in `log`; terminated (then killed) on exit."""
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
@@ -73,11 +82,16 @@ def wait_for_http(process, url: str, what: str, log: Path, timeout: float) -> No
 def prefect_server(root: Path):
     """Yields the API URL of a Prefect server (SQLite under `root`) with its services running."""
     port = free_port()
-    env = {**quiet_prefect_env(root / "prefect-home"),
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}"}
+    env = {
+        **quiet_prefect_env(root / "prefect-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+    }
     log = root / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
-    with running([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                  "--port", str(port)], env, log) as process:
+    with running(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log,
+    ) as process:
         wait_for_http(process, f"{api_url}/health", "the Prefect server", log, 120)
         yield api_url

@@ -21,11 +21,11 @@ from tasks.settings import Settings
 from uib.data import load_dataset
 from uib.scenarios import build_scenario
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-FAULTY = DeletionRequest(request_id="remove-faulty", where={"source": "faulty"},
-                         reason="faulty source")
+FAULTY = DeletionRequest(
+    request_id="remove-faulty", where={"source": "faulty"}, reason="faulty source"
+)
 
 
 def client_of(settings: Settings) -> MlflowClient:
@@ -69,17 +69,28 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     assert version.tags["method"] == "uib" and len(version.tags["config_hash"]) == 16
     assert version.tags["gates"] == "passed" and "rejected" not in version.tags
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"gx_validation_result.json", "gate_report.json", "shift_validation.md",
-            "unlearn_report.json", "audit"} <= artifacts
-    audit = json.loads(Path(client.download_artifacts(version.run_id, "audit/remove-faulty.json"))
-                       .read_text())
+    assert {
+        "gx_validation_result.json",
+        "gate_report.json",
+        "shift_validation.md",
+        "unlearn_report.json",
+        "audit",
+    } <= artifacts
+    audit = json.loads(
+        Path(client.download_artifacts(version.run_id, "audit/remove-faulty.json")).read_text()
+    )
     assert audit["model_version_after"] == "2" and audit["n_forgotten"] == 123
-    gx = json.loads(Path(client.download_artifacts(version.run_id, "gx_validation_result.json"))
-                    .read_text())
+    gx = json.loads(
+        Path(client.download_artifacts(version.run_id, "gx_validation_result.json")).read_text()
+    )
     assert gx["success"] is True
     plots = {a.path for a in client.list_artifacts(version.run_id, "plots")}
-    assert {"plots/per_class_accuracy.png", "plots/mia_histograms.png", "plots/bias_probe.png",
-            "plots/loss_curves.png"} <= plots
+    assert {
+        "plots/per_class_accuracy.png",
+        "plots/mia_histograms.png",
+        "plots/bias_probe.png",
+        "plots/loss_curves.png",
+    } <= plots
     metrics = client.get_run(version.run_id).data.metrics
     assert metrics["after_bias_asr"] <= 0.1 < metrics["before_bias_asr"]
 
@@ -97,8 +108,15 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     kept = set(stored_images(scenario.dataset.train.drop(scenario.forget_ids)))
     forgotten = [img for img in forgotten if img not in kept]
     assert len(forgotten) > 50
-    assert files_holding(forgotten, home.data_repo / ".dvc" / "cache", Path(home.remote_url),
-                         home.stage_dir("remove-faulty")) == {}
+    assert (
+        files_holding(
+            forgotten,
+            home.data_repo / ".dvc" / "cache",
+            Path(home.remote_url),
+            home.stage_dir("remove-faulty"),
+        )
+        == {}
+    )
     retained, _ = DataRepo(home.data_repo).load()
     assert np.array_equal(retained.train.x, scenario.dataset.train.drop(scenario.forget_ids).x)
 
@@ -125,7 +143,8 @@ def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home)
         assert "test_accuracy_retained" in rejected.tags["rejected"]
         assert rejected.tags["gates"] == "failed"
         assert rejected.description.startswith(
-            "# REJECTED — request remove-faulty: failed test_accuracy_retained")
+            "# REJECTED — request remove-faulty: failed test_accuracy_retained"
+        )
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.HELD and record.is_open
     assert "test_accuracy_retained" in record.message and record.model_version == "3"
@@ -147,14 +166,21 @@ def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home)
     assert RequestLedger(home.ledger_path).get("remove-faulty").state == RequestState.HELD
 
 
-@pytest.mark.parametrize(("request_id", "request_fields", "reason"), [
-    ("whole-class", {"where": {"original_label": "3"}}, "no class removed"),
-    ("unknown-id", {"sample_ids": ["digits-train-00001", "digits-train-99999"]},
-     "digits-train-99999"),
-    ("unknown-attribute", {"where": {"colour": "red"}}, "colour"),
-])
-def test_a_refused_request_versions_nothing_and_registers_nothing(trained, request_id,
-                                                                  request_fields, reason):
+@pytest.mark.parametrize(
+    ("request_id", "request_fields", "reason"),
+    [
+        ("whole-class", {"where": {"original_label": "3"}}, "no class removed"),
+        (
+            "unknown-id",
+            {"sample_ids": ["digits-train-00001", "digits-train-99999"]},
+            "digits-train-99999",
+        ),
+        ("unknown-attribute", {"where": {"colour": "red"}}, "colour"),
+    ],
+)
+def test_a_refused_request_versions_nothing_and_registers_nothing(
+    trained, request_id, request_fields, reason
+):
     from flows.unlearn import RequestRefused
 
     data_before = DataRepo(trained.data_repo).current()
@@ -207,8 +233,20 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(traine
     monkeypatch.setenv("UIB_HOME", str(trained.home))
     runner = CliRunner()
     # The harness sets PREFECT_API_URL: `--run-here` runs the flow instead of sending the event.
-    refused = runner.invoke(app, ["request", "delete", "--ids", "digits-train-99999",
-                                  "--request-id", "cli-1", "--reason", "user asked", "--run-here"])
+    refused = runner.invoke(
+        app,
+        [
+            "request",
+            "delete",
+            "--ids",
+            "digits-train-99999",
+            "--request-id",
+            "cli-1",
+            "--reason",
+            "user asked",
+            "--run-here",
+        ],
+    )
     assert refused.exit_code == 1
     assert "cli-1 not approved" in refused.output and "digits-train-99999" in refused.output
     bad = runner.invoke(app, ["request", "delete", "--where", "source"])
@@ -238,8 +276,13 @@ def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path):
     from flows.benchmark import benchmark_flow
 
     settings = Settings(home=tmp_path / "uib")
-    config = {"dataset": "digits", "scenario": "patch-bias", "methods": ["uib"], "seeds": [0],
-              "epochs": 5}
+    config = {
+        "dataset": "digits",
+        "scenario": "patch-bias",
+        "methods": ["uib"],
+        "seeds": [0],
+        "epochs": 5,
+    }
     result = benchmark_flow(config, str(tmp_path / "out"), settings.overrides())
     assert result["rows"] == 3
     client = client_of(settings)

@@ -37,14 +37,18 @@ def workdir(tmp_path) -> Path:
 
 
 def shell_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI") and not k.startswith("UIB_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI") and not k.startswith("UIB_")
+    }
     return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def sh(line: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", line], cwd=cwd, env=shell_env(), capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "-c", line], cwd=cwd, env=shell_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def last_json(stdout: str) -> dict:
@@ -66,8 +70,13 @@ def test_the_readme_pipeline_runs_as_written_and_approves_a_persons_records(work
     two = sh(person, workdir)
     assert two.returncode == 0, two.stderr[-3000:]
     outcome = last_json(two.stdout)
-    assert outcome == {**outcome, "request_id": "req-42", "state": "approved",
-                       "model_version": "3", "parent_model_version": "2"}
+    assert outcome == {
+        **outcome,
+        "request_id": "req-42",
+        "state": "approved",
+        "model_version": "3",
+        "parent_model_version": "2",
+    }
 
     one = sh(".venv/bin/uib request delete --ids digits-train-00005 --request-id req-1", workdir)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -75,8 +84,7 @@ def test_the_readme_pipeline_runs_as_written_and_approves_a_persons_records(work
 
     listed = sh(listing, workdir)
     assert listed.returncode == 0, listed.stderr[-3000:]
-    states = {r["request_id"]: (r["state"], r["model_version"])
-              for r in json.loads(listed.stdout)}
+    states = {r["request_id"]: (r["state"], r["model_version"]) for r in json.loads(listed.stdout)}
     assert states["req-42"] == ("approved", "3") and states["req-1"] == ("approved", "4")
     assert len(states) == 3 and all(state == "approved" for state, _ in states.values())
 
@@ -90,17 +98,27 @@ def test_the_readme_pipeline_runs_as_written_and_approves_a_persons_records(work
 
     client = client_for(settings)
     version = client.get_model_version(settings.model_name, "3")
-    report = json.loads(Path(client.download_artifacts(version.run_id, "unlearn_report.json"))
-                        .read_text())
+    report = json.loads(
+        Path(client.download_artifacts(version.run_id, "unlearn_report.json")).read_text()
+    )
     assert report["notes"]["regime"]["kind"] == "scattered", report["notes"]
-    gates = {g["name"]: g for g in json.loads(Path(client.download_artifacts(
-        version.run_id, "gate_report.json")).read_text())["gates"]}
+    gates = {
+        g["name"]: g
+        for g in json.loads(
+            Path(client.download_artifacts(version.run_id, "gate_report.json")).read_text()
+        )["gates"]
+    }
     assert gates["forget_like_unseen"]["decidable"] is False
     assert "not decidable at this size (n = 2)" in gates["forget_like_unseen"]["judged_by"]
 
-    server = subprocess.Popen(["bash", "-c", ui], cwd=workdir, env=shell_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", "-c", ui],
+        cwd=workdir,
+        env=shell_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -114,7 +132,8 @@ def test_the_readme_pipeline_runs_as_written_and_approves_a_persons_records(work
                 time.sleep(1)
         search = urllib.request.Request(
             "http://127.0.0.1:5000/api/2.0/mlflow/registered-models/search",
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(search, timeout=30) as reply:
             names = [m["name"] for m in json.loads(reply.read())["registered_models"]]
         assert settings.model_name in names

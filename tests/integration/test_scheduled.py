@@ -16,8 +16,7 @@ from tasks.data_versioning import DataRepo
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 BUCKET, PREFIX = "uib-inbox", "deletion-requests/"
 
@@ -31,22 +30,33 @@ def test_one_scheduled_run_files_the_inbox_and_unlearns_a_batch(tmp_path, s3_ser
     from flows.scheduled import unlearn_scheduled_flow
     from flows.train import train_flow
 
-    settings = Settings(home=tmp_path / "uib", inbox_url=f"s3://{BUCKET}/{PREFIX}",
-                        s3_endpoint_url=s3_server.endpoint_url)
+    settings = Settings(
+        home=tmp_path / "uib",
+        inbox_url=f"s3://{BUCKET}/{PREFIX}",
+        s3_endpoint_url=s3_server.endpoint_url,
+    )
     assert train_flow(settings.overrides())["model_version"] == "1"
-    waiting = DeletionRequest(request_id="owner-report",
-                              where={"source": "faulty", "original_label": "3"},
-                              reason="the data owner found the faulty scans of threes")
+    waiting = DeletionRequest(
+        request_id="owner-report",
+        where={"source": "faulty", "original_label": "3"},
+        reason="the data owner found the faulty scans of threes",
+    )
     RequestLedger(settings.ledger_path).submit(waiting)
 
     s3 = s3_server.client()
     s3.create_bucket(Bucket=BUCKET)
     objects = {
-        "valid.json": json.dumps({"request_id": "inbox-faulty", "where": {"source": "faulty"},
-                                  "reason": "faulty scanner"}),
+        "valid.json": json.dumps(
+            {
+                "request_id": "inbox-faulty",
+                "where": {"source": "faulty"},
+                "reason": "faulty scanner",
+            }
+        ),
         "malformed.json": '{"request_id": "inbox-bad", "sample_ids": ',
-        "unknown.json": json.dumps({"request_id": "inbox-unknown",
-                                    "sample_ids": ["digits-train-99999"]}),
+        "unknown.json": json.dumps(
+            {"request_id": "inbox-unknown", "sample_ids": ["digits-train-99999"]}
+        ),
     }
     for name, body in objects.items():
         s3.put_object(Bucket=BUCKET, Key=PREFIX + name, Body=body.encode())
@@ -56,8 +66,11 @@ def test_one_scheduled_run_files_the_inbox_and_unlearns_a_batch(tmp_path, s3_ser
     assert keys(s3, PREFIX + "processed/") == [PREFIX + "processed/valid.json"]
     rejected = keys(s3, PREFIX + "rejected/")
     assert {PREFIX + f"rejected/{n}" for n in ("malformed.json", "unknown.json")} <= set(rejected)
-    reasons = {k: json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())["reason"]
-               for k in rejected if k.endswith(".reason.json")}
+    reasons = {
+        k: json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())["reason"]
+        for k in rejected
+        if k.endswith(".reason.json")
+    }
     assert len(reasons) == 2
     assert "digits-train-99999" in reasons[PREFIX + "rejected/unknown.json.reason.json"]
     assert reasons[PREFIX + "rejected/malformed.json.reason.json"]
@@ -73,7 +86,10 @@ def test_one_scheduled_run_files_the_inbox_and_unlearns_a_batch(tmp_path, s3_ser
     for member in ("inbox-faulty", "owner-report"):
         record = states[member]
         assert (record.state, record.batch_id, record.model_version) == (
-            RequestState.APPROVED, batch_id, "2"), record.message
+            RequestState.APPROVED,
+            batch_id,
+            "2",
+        ), record.message
     assert states[batch_id].state == RequestState.APPROVED
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)

@@ -21,15 +21,17 @@ SMALL_REQUESTS = [("random", 1), ("random", 2), ("random", 10), ("class-sample",
 def pipeline_original(request, digits):
     """The patch-bias digits original of one seed, and its held-out splits."""
     scenario, _, _, validation, test, recipe, original = trained_original(
-        digits, "patch-bias", request.param)
+        digits, "patch-bias", request.param
+    )
     return request.param, scenario.dataset, validation, test, recipe, original
 
 
 @pytest.mark.parametrize(("kind", "count"), SMALL_REQUESTS)
 def test_a_few_records_are_forgotten_as_retrain_forgets_them(pipeline_original, kind, count):
     seed, dataset, validation, test, recipe, original = pipeline_original
-    manifest = dataset.manifest[(dataset.manifest["split"] == "train")
-                                & (dataset.manifest["source"] != "faulty")]
+    manifest = dataset.manifest[
+        (dataset.manifest["split"] == "train") & (dataset.manifest["source"] != "faulty")
+    ]
     if kind == "class-sample":
         manifest = manifest[manifest["label"] == 3]
     rng = np.random.default_rng(seed)
@@ -38,14 +40,38 @@ def test_a_few_records_are_forgotten_as_retrain_forgets_them(pipeline_original, 
     before = evaluate(original, retain, forget, test)
     models = {}
     for method in ("retrain", "uib"):
-        models[method], report = uib.unlearn(original, forget, retain, method, train_config=recipe,
-                                             validation=validation, seed=seed, progress=False)
+        models[method], report = uib.unlearn(
+            original,
+            forget,
+            retain,
+            method,
+            train_config=recipe,
+            validation=validation,
+            seed=seed,
+            progress=False,
+        )
     notes = report.notes
     assert notes["regime"]["kind"] == "scattered", notes["regime"]
     after = evaluate(models["uib"], retain, forget, test)
-    assert after.TA >= before.TA - 0.003, (seed, kind, count, before.TA, after.TA, notes["eta_rule"])
-    assert after.RA >= before.RA - 0.003, (seed, kind, count, before.RA, after.RA, notes["eta_rule"])
-    predicted = {m: predict_logits(model, forget.x).argmax(1).numpy() for m, model in models.items()}
+    assert after.TA >= before.TA - 0.003, (
+        seed,
+        kind,
+        count,
+        before.TA,
+        after.TA,
+        notes["eta_rule"],
+    )
+    assert after.RA >= before.RA - 0.003, (
+        seed,
+        kind,
+        count,
+        before.RA,
+        after.RA,
+        notes["eta_rule"],
+    )
+    predicted = {
+        m: predict_logits(model, forget.x).argmax(1).numpy() for m, model in models.items()
+    }
     agreement = float(np.mean(predicted["uib"] == predicted["retrain"]))
     assert agreement >= 0.8, (seed, kind, count, agreement, notes["eta_rule"])
 
@@ -54,9 +80,11 @@ def test_a_few_records_are_forgotten_as_retrain_forgets_them(pipeline_original, 
 def test_a_source_or_class_slice_stays_systematic(digits, scenario_name):
     for seed in SEEDS:
         _, retain, forget, validation, _, recipe, original = trained_original(
-            digits, scenario_name, seed)
-        _, report = uib.unlearn(original, forget, retain, "influence", validation=validation,
-                                seed=seed, progress=False)
+            digits, scenario_name, seed
+        )
+        _, report = uib.unlearn(
+            original, forget, retain, "influence", validation=validation, seed=seed, progress=False
+        )
         assert report.notes["regime"]["kind"] == "systematic", (seed, report.notes["regime"])
         assert report.notes["eta"] > 0
 
@@ -66,8 +94,9 @@ def test_a_remembered_scattered_set_gets_a_short_step_that_flips_nothing(digits)
     until they rank like held-out samples, within `max_flips` of the probe rows."""
     _, retain, forget, validation, test, recipe, original = trained_original(digits, "random")
     config = {"rank_test_level": 0.5}
-    model, report = uib.unlearn(original, forget, retain, "uib", config, validation=validation,
-                                progress=False)
+    model, report = uib.unlearn(
+        original, forget, retain, "uib", config, validation=validation, progress=False
+    )
     search = report.notes["eta_search"]
     assert report.notes["regime"]["kind"] == "scattered"
     assert search[0]["rank"] < 0.5 and report.notes["eta"] > 0, report.notes["eta_rule"]

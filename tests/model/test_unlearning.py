@@ -32,11 +32,20 @@ def patch_bias_runs(digits):
     runs = []
     for seed in SEEDS:
         scenario, retain, forget, validation, test, recipe, original = trained_original(
-            digits, "patch-bias", seed)
+            digits, "patch-bias", seed
+        )
         result = {"original": evaluate(original, retain, forget, test, scenario.config)}
         for method in ("retrain", "uib"):
-            model, report = uib.unlearn(original, forget, retain, method, train_config=recipe,
-                                        validation=validation, seed=seed, progress=False)
+            model, report = uib.unlearn(
+                original,
+                forget,
+                retain,
+                method,
+                train_config=recipe,
+                validation=validation,
+                seed=seed,
+                progress=False,
+            )
             result[method] = evaluate(model, retain, forget, test, scenario.config)
             result[f"{method}_report"] = report
         runs.append(result)
@@ -66,11 +75,13 @@ def test_a_random_slice_is_scattered_and_already_unseen_so_uib_leaves_the_model_
     """A uniform 10 %: halves of it do not forget together (scattered), and its losses already
     rank like held-out samples' (no significant memorisation): η = 0, no pass."""
     _, retain, forget, validation, _, recipe, original = trained_original(digits, "random")
-    model, report = uib.unlearn(original, forget, retain, "uib", train_config=recipe,
-                                validation=validation, progress=False)
+    model, report = uib.unlearn(
+        original, forget, retain, "uib", train_config=recipe, validation=validation, progress=False
+    )
     assert report.notes["regime"]["kind"] == "scattered", report.notes["regime"]
-    assert report.notes["eta_rule"].startswith("scattered, already like unseen"), (
-        report.notes["eta_rule"])
+    assert report.notes["eta_rule"].startswith("scattered, already like unseen"), report.notes[
+        "eta_rule"
+    ]
     assert report.notes["eta"] == 0.0 and report.notes["passes_run"] == 0
     search = report.notes["eta_search"]
     assert search[0]["eta"] == 0.0 and search[0]["p_remembered"] >= 0.05
@@ -82,16 +93,24 @@ def test_a_random_slice_is_scattered_and_already_unseen_so_uib_leaves_the_model_
 @pytest.mark.parametrize("scenario_name", ["patch-bias", "corruption", "class", "random"])
 def test_every_method_runs_on_every_scenario(digits, scenario_name):
     scenario, retain, forget, validation, test, recipe, original = trained_original(
-        digits, scenario_name, epochs=3)
+        digits, scenario_name, epochs=3
+    )
     for name in methods.available():
-        model, report = uib.unlearn(original, forget, retain, name, train_config=recipe,
-                                    validation=validation, progress=False)
+        model, report = uib.unlearn(
+            original,
+            forget,
+            retain,
+            name,
+            train_config=recipe,
+            validation=validation,
+            progress=False,
+        )
         params = torch.cat([p.detach().flatten() for p in model.parameters()])
         assert torch.isfinite(params).all(), name
         assert report.method == name and report.time_s > 0
         if max(report.param_shift.values()) == 0:  # allowed only as a decision, with its reason
             assert str(report.notes.get("eta_rule")).startswith(
-                ("no separable slice", "scattered, already like unseen")), (
-                f"{name} did not move the model")
+                ("no separable slice", "scattered, already like unseen")
+            ), f"{name} did not move the model"
         metrics = evaluate(model, retain, forget, test, scenario.config)
         assert np.isfinite([metrics.UA, metrics.RA, metrics.TA, metrics.mia_efficacy]).all(), name

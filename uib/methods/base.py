@@ -60,7 +60,9 @@ class UnlearnContext:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - start
+            self.phase_seconds[name] = (
+                self.phase_seconds.get(name, 0.0) + time.perf_counter() - start
+            )
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000 + offset)

@@ -31,9 +31,20 @@ def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.
     recipe = ctx.train_config
     with ctx.phase("retrain"):
         fresh = fresh_copy(model, seed=recipe.seed + 1 + ctx.seed)
-        optimizer = torch.optim.Adam(fresh.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        losses = fit(fresh, ctx.retain_x, ctx.retain_y, recipe.epochs, optimizer, recipe.batch_size,
-                     recipe.seed + ctx.seed, progress=ctx.progress, desc="retrain")
+        optimizer = torch.optim.Adam(
+            fresh.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+        losses = fit(
+            fresh,
+            ctx.retain_x,
+            ctx.retain_y,
+            recipe.epochs,
+            optimizer,
+            recipe.batch_size,
+            recipe.seed + ctx.seed,
+            progress=ctx.progress,
+            desc="retrain",
+        )
     ctx.loss_curve += [{"epoch": float(i), "retain_ce": v} for i, v in enumerate(losses)]
     ctx.losses["retain_ce"] = losses[-1]
     return fresh
@@ -53,7 +64,9 @@ def retain_ce(model, xr, yr, xf, yf) -> dict[str, torch.Tensor]:
 def finetune(model: nn.Module, ctx: UnlearnContext, config: FinetuneConfig) -> nn.Module:
     """Keep training on the retain set only (forgetting by neglect)."""
     with ctx.phase("finetune"):
-        return paired_loop(model, ctx, retain_ce, config.epochs, config.lr, config.batch_size, desc="finetune")
+        return paired_loop(
+            model, ctx, retain_ce, config.epochs, config.lr, config.batch_size, desc="finetune"
+        )
 
 
 class NegGradConfig(MethodConfig):
@@ -65,6 +78,7 @@ class NegGradConfig(MethodConfig):
 @register("neggrad", NegGradConfig)
 def neggrad(model: nn.Module, ctx: UnlearnContext, config: NegGradConfig) -> nn.Module:
     """Gradient ascent on the forget set's loss."""
+
     def loss(m, xf, yf):
         return {"neg_forget_ce": -F.cross_entropy(m(xf), yf)}
 
@@ -85,10 +99,15 @@ def neggrad_plus(model: nn.Module, ctx: UnlearnContext, config: NegGradPlusConfi
     w = config.forget_weight
 
     def loss(m, xr, yr, xf, yf):
-        return {"retain_ce": (1 - w) * F.cross_entropy(m(xr), yr), "neg_forget_ce": -w * F.cross_entropy(m(xf), yf)}
+        return {
+            "retain_ce": (1 - w) * F.cross_entropy(m(xr), yr),
+            "neg_forget_ce": -w * F.cross_entropy(m(xf), yf),
+        }
 
     with ctx.phase("optimise"):
-        return paired_loop(model, ctx, loss, config.epochs, config.lr, config.batch_size, desc="neggrad+")
+        return paired_loop(
+            model, ctx, loss, config.epochs, config.lr, config.batch_size, desc="neggrad+"
+        )
 
 
 class RandomLabelConfig(MethodConfig):
@@ -104,15 +123,22 @@ def random_label(model: nn.Module, ctx: UnlearnContext, config: RandomLabelConfi
 
     def loss(m, xr, yr, xf, yf):
         wrong = random_other_labels(yf, ctx.num_classes, generator)
-        return {"retain_ce": F.cross_entropy(m(xr), yr), "random_label_ce": F.cross_entropy(m(xf), wrong)}
+        return {
+            "retain_ce": F.cross_entropy(m(xr), yr),
+            "random_label_ce": F.cross_entropy(m(xf), wrong),
+        }
 
     with ctx.phase("optimise"):
-        return paired_loop(model, ctx, loss, config.epochs, config.lr, config.batch_size, desc="random-label")
+        return paired_loop(
+            model, ctx, loss, config.epochs, config.lr, config.batch_size, desc="random-label"
+        )
 
 
 class ScrubConfig(MethodConfig):
     epochs: int = Field(3, ge=1)
-    max_epochs: int = Field(2, ge=0, description="epochs that also push away from the teacher on forget")
+    max_epochs: int = Field(
+        2, ge=0, description="epochs that also push away from the teacher on forget"
+    )
     lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(128, ge=1)
     gamma: float = Field(1.0, ge=0, description="weight of the forget-set divergence")
@@ -126,7 +152,10 @@ def scrub(model: nn.Module, ctx: UnlearnContext, config: ScrubConfig) -> nn.Modu
 
     def loss(m, xr, yr, xf, yf):
         out_r = m(xr)
-        terms = {"retain_ce": F.cross_entropy(out_r, yr), "retain_kl": kl_to_teacher(out_r, teacher(xr))}
+        terms = {
+            "retain_ce": F.cross_entropy(out_r, yr),
+            "retain_kl": kl_to_teacher(out_r, teacher(xr)),
+        }
         if epoch_box["epoch"] < config.max_epochs:
             terms["neg_forget_kl"] = -config.gamma * kl_to_teacher(m(xf), teacher(xf))
         return terms
@@ -134,7 +163,9 @@ def scrub(model: nn.Module, ctx: UnlearnContext, config: ScrubConfig) -> nn.Modu
     with ctx.phase("optimise"):
         for epoch in range(config.epochs):
             epoch_box["epoch"] = epoch
-            paired_loop(model, ctx, loss, 1, config.lr, config.batch_size, desc=f"scrub {epoch + 1}")
+            paired_loop(
+                model, ctx, loss, 1, config.lr, config.batch_size, desc=f"scrub {epoch + 1}"
+            )
     return model
 
 
@@ -151,17 +182,30 @@ def salun(model: nn.Module, ctx: UnlearnContext, config: SalUnConfig) -> nn.Modu
     with ctx.phase("saliency"):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(ctx.forget_x), ctx.forget_y).backward()
-        mask = saliency_mask({k: p.grad.detach() for k, p in trainable(model).items()}, config.saliency)
+        mask = saliency_mask(
+            {k: p.grad.detach() for k, p in trainable(model).items()}, config.saliency
+        )
         model.zero_grad(set_to_none=True)
     generator = ctx.generator(offset=5)
 
     def loss(m, xr, yr, xf, yf):
         wrong = random_other_labels(yf, ctx.num_classes, generator)
-        return {"retain_ce": F.cross_entropy(m(xr), yr), "random_label_ce": F.cross_entropy(m(xf), wrong)}
+        return {
+            "retain_ce": F.cross_entropy(m(xr), yr),
+            "random_label_ce": F.cross_entropy(m(xf), wrong),
+        }
 
     with ctx.phase("optimise"):
-        return paired_loop(model, ctx, loss, config.epochs, config.lr, config.batch_size, grad_mask=mask,
-                           desc="salun")
+        return paired_loop(
+            model,
+            ctx,
+            loss,
+            config.epochs,
+            config.lr,
+            config.batch_size,
+            grad_mask=mask,
+            desc="salun",
+        )
 
 
 class SSDConfig(MethodConfig):
@@ -175,7 +219,9 @@ class SSDConfig(MethodConfig):
 def ssd(model: nn.Module, ctx: UnlearnContext, config: SSDConfig) -> nn.Module:
     """Selective synaptic dampening: shrink the weights far more important to forget than retain."""
     with ctx.phase("curvature"):
-        rows = stratified_sample(ctx.retain_y, config.retain_sample, ctx.generator(offset=1)).to(ctx.device)
+        rows = stratified_sample(ctx.retain_y, config.retain_sample, ctx.generator(offset=1)).to(
+            ctx.device
+        )
         chunk = config.chunk_size or default_chunk_size(model, ctx.device)
         f_r = gradient_stats(model, ctx.retain_x[rows], ctx.retain_y[rows], chunk).fisher
         f_f = gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk).fisher
@@ -209,5 +255,7 @@ def l1_sparse(model: nn.Module, ctx: UnlearnContext, config: L1SparseConfig) -> 
     with ctx.phase("optimise"):
         for epoch in range(config.epochs):
             state["weight"] = config.l1 * (1 - epoch / config.epochs)
-            paired_loop(model, ctx, loss, 1, config.lr, config.batch_size, desc=f"l1-sparse {epoch + 1}")
+            paired_loop(
+                model, ctx, loss, 1, config.lr, config.batch_size, desc=f"l1-sparse {epoch + 1}"
+            )
     return model

@@ -13,7 +13,9 @@ from uib.device import autocast
 from uib.methods.base import UnlearnContext
 from uib.train import batches
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+LossFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]
+]
 
 
 OPTIMIZERS: dict[str, Callable[[list, float], torch.optim.Optimizer]] = {
@@ -85,7 +87,9 @@ def paired_loop(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
-        ctx.loss_curve.append({"epoch": float(epoch), **{k: v / max(steps, 1) for k, v in sums.items()}})
+        ctx.loss_curve.append(
+            {"epoch": float(epoch), **{k: v / max(steps, 1) for k, v in sums.items()}}
+        )
     model.eval()
     if ctx.loss_curve:
         ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
@@ -93,8 +97,13 @@ def paired_loop(
 
 
 def forget_loop(
-    model: nn.Module, ctx: UnlearnContext, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict],
-    epochs: int, lr: float, batch_size: int, desc: str,
+    model: nn.Module,
+    ctx: UnlearnContext,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    desc: str,
 ) -> nn.Module:
     """Adam over the forget set alone (gradient ascent baselines)."""
     generator = ctx.generator(offset=11)
@@ -120,12 +129,16 @@ def forget_loop(
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher ‖ student) over the batch, as SCRUB uses it."""
     return F.kl_div(
-        F.log_softmax(student_logits.float(), 1), F.log_softmax(teacher_logits.float(), 1),
-        reduction="batchmean", log_target=True,
+        F.log_softmax(student_logits.float(), 1),
+        F.log_softmax(teacher_logits.float(), 1),
+        reduction="batchmean",
+        log_target=True,
     )
 
 
-def random_other_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def random_other_labels(
+    y: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """A uniformly random label different from each true one."""
     shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % num_classes

@@ -50,36 +50,78 @@ class CurvatureConfig(MethodConfig):
     eta_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_ETA_GRID))
     fallback_eta: float = Field(0.01, ge=0, description="η when no validation split is given")
     search_samples: int = Field(250, ge=10, description="validation and forget rows scored per η")
-    forget_weight: float = Field(1.0, gt=0, description="w in the η score val_acc − w · forget_conf")
-    min_gain: float = Field(0.1, ge=0, description="the best score must beat η = 0's by this much, "
-                            "else the slice is not separable from unseen data and η = 0")
-    eta_scale: float = Field(1.0, gt=0, description="the step taken is eta_scale × the knee's η "
-                             "(systematic slices)")
-    pattern_transfer: float = Field(0.3, ge=0, description="a forget set is systematic when the "
-                                    "step removing half of it takes at least this share of the "
-                                    "other half's confidence beyond what it takes from unseen "
-                                    "data of the same labels; see detect_regime")
-    pattern_level: float = Field(0.01, gt=0, lt=1, description="and when the other half's "
-                                 "drops exceed held-out data's at this significance "
-                                 "(one-sided Mann–Whitney)")
-    min_pattern_size: int = Field(10, ge=2, description="fewer forget samples are scattered: "
-                                  "halves this small cannot tell a shared pattern from two "
-                                  "similar samples")
-    unseen_rank: float = Field(0.5, gt=0, le=1, description="scattered forget sets: the mean rank "
-                               "of their losses among same-class held-out losses to reach")
-    rank_test_level: float = Field(0.05, gt=0, lt=1, description="scattered forget sets: no step "
-                                   "unless their losses rank low at this significance")
-    max_flips: float = Field(0.002, ge=0, description="scattered forget sets: the step may change "
-                             "the predicted class of at most this share of held-out and retained "
-                             "probe rows")
+    forget_weight: float = Field(
+        1.0, gt=0, description="w in the η score val_acc − w · forget_conf"
+    )
+    min_gain: float = Field(
+        0.1,
+        ge=0,
+        description="the best score must beat η = 0's by this much, "
+        "else the slice is not separable from unseen data and η = 0",
+    )
+    eta_scale: float = Field(
+        1.0, gt=0, description="the step taken is eta_scale × the knee's η (systematic slices)"
+    )
+    pattern_transfer: float = Field(
+        0.3,
+        ge=0,
+        description="a forget set is systematic when the "
+        "step removing half of it takes at least this share of the "
+        "other half's confidence beyond what it takes from unseen "
+        "data of the same labels; see detect_regime",
+    )
+    pattern_level: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="and when the other half's "
+        "drops exceed held-out data's at this significance "
+        "(one-sided Mann–Whitney)",
+    )
+    min_pattern_size: int = Field(
+        10,
+        ge=2,
+        description="fewer forget samples are scattered: "
+        "halves this small cannot tell a shared pattern from two "
+        "similar samples",
+    )
+    unseen_rank: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="scattered forget sets: the mean rank "
+        "of their losses among same-class held-out losses to reach",
+    )
+    rank_test_level: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="scattered forget sets: no step "
+        "unless their losses rank low at this significance",
+    )
+    max_flips: float = Field(
+        0.002,
+        ge=0,
+        description="scattered forget sets: the step may change "
+        "the predicted class of at most this share of held-out and retained "
+        "probe rows",
+    )
     regime: Literal["auto", "systematic", "scattered"] = Field(
-        "auto", description="auto: told apart by detect_regime")
+        "auto", description="auto: told apart by detect_regime"
+    )
     clip: float | None = Field(1.0, gt=0, description="per-block step norm ≤ clip · ‖θ0‖, after η")
     retain_sample: int = Field(1000, ge=1, description="|S_r| (all of D_r when smaller)")
-    forget_sample: int | None = Field(500, ge=1, description="forget rows behind F_f; None: all. "
-                                      "g_f always sums the whole forget set")
-    chunk_size: int | None = Field(None, ge=1, description="rows per vmap chunk (bounds peak memory); "
-                                   "None: sized to the model, see default_chunk_size")
+    forget_sample: int | None = Field(
+        500,
+        ge=1,
+        description="forget rows behind F_f; None: all. g_f always sums the whole forget set",
+    )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="rows per vmap chunk (bounds peak memory); "
+        "None: sized to the model, see default_chunk_size",
+    )
 
 
 @dataclass
@@ -92,23 +134,31 @@ class Curvature:
     chunk: int
 
 
-def label_matching_weights(retain_y: torch.Tensor, forget_y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+def label_matching_weights(
+    retain_y: torch.Tensor, forget_y: torch.Tensor, num_classes: int
+) -> torch.Tensor | None:
     """Per retain row: π_forget(y) / π_retain(y), so the weighted retain sample has the forget
     set's label mix; None when the retain sample shares no label with the forget set."""
     p_forget = torch.bincount(forget_y, minlength=num_classes).float() / len(forget_y)
     p_retain = torch.bincount(retain_y, minlength=num_classes).float() / max(len(retain_y), 1)
-    ratio = torch.where(p_retain > 0, p_forget / p_retain.clamp_min(1e-12), torch.zeros_like(p_forget))
+    ratio = torch.where(
+        p_retain > 0, p_forget / p_retain.clamp_min(1e-12), torch.zeros_like(p_forget)
+    )
     weights = ratio[retain_y]
     return weights if float(weights.sum()) > 0 else None
 
 
-def forget_stats(model: nn.Module, ctx: UnlearnContext, size: int | None, chunk: int) -> GradientStats:
+def forget_stats(
+    model: nn.Module, ctx: UnlearnContext, size: int | None, chunk: int
+) -> GradientStats:
     """F_f from per-sample gradients of `size` forget rows (all when None), g_f from all rows."""
     if size is None or size >= ctx.n_forget:
         return gradient_stats(model, ctx.forget_x, ctx.forget_y, chunk)
     rows = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=17))[:size].to(ctx.device)
     sampled = gradient_stats(model, ctx.forget_x[rows], ctx.forget_y[rows], chunk)
-    return GradientStats(sampled.fisher, summed_gradient(model, ctx.forget_x, ctx.forget_y), ctx.n_forget)
+    return GradientStats(
+        sampled.fisher, summed_gradient(model, ctx.forget_x, ctx.forget_y), ctx.n_forget
+    )
 
 
 def measure_curvature(model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig) -> Curvature:
@@ -136,9 +186,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def set_step(model: nn.Module, curv: Curvature, eta: float, clip: float | None,
-             mask: dict[str, torch.Tensor] | None = None,
-             direction: dict[str, torch.Tensor] | None = None) -> None:
+def set_step(
+    model: nn.Module,
+    curv: Curvature,
+    eta: float,
+    clip: float | None,
+    mask: dict[str, torch.Tensor] | None = None,
+    direction: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Parameters ← θ0 + clip(η · IF step), restricted to `mask` where one is given.
 
     `direction` defaults to the whole forget set's IF step."""
@@ -193,8 +248,12 @@ class ForgetScore:
         forget = torch.softmax(logits_of(model, self.forget_x), 1)
         forget_acc = float((forget.argmax(1) == self.forget_y).float().mean())
         forget_conf = float(forget.gather(1, self.forget_y[:, None]).mean())
-        return {"val_acc": val_acc, "forget_acc": forget_acc, "forget_conf": forget_conf,
-                "score": val_acc - self.weight * forget_conf}
+        return {
+            "val_acc": val_acc,
+            "forget_acc": forget_acc,
+            "forget_conf": forget_conf,
+            "score": val_acc - self.weight * forget_conf,
+        }
 
 
 class Regime(BaseModel):
@@ -223,8 +282,13 @@ def class_matched_mean(values: torch.Tensor, labels: torch.Tensor, like: torch.T
 
 
 @torch.no_grad()
-def detect_regime(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config: CurvatureConfig,
-                  scorer: ForgetScore) -> Regime:
+def detect_regime(
+    model: nn.Module,
+    ctx: UnlearnContext,
+    curv: Curvature,
+    config: CurvatureConfig,
+    scorer: ForgetScore,
+) -> Regime:
     """Systematic or scattered, by cross-fitting the IF step on two halves of the forget set.
 
     The step that removes half A's influence is scanned up every other η of the grid while it
@@ -245,8 +309,11 @@ def detect_regime(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config
     if gone:
         return Regime(kind="systematic", reason=f"removes every training sample of labels {gone}")
     if ctx.n_forget < config.min_pattern_size:
-        return Regime(kind="scattered", reason=f"{ctx.n_forget} samples are too few to show a "
-                      f"shared pattern (min_pattern_size {config.min_pattern_size})")
+        return Regime(
+            kind="scattered",
+            reason=f"{ctx.n_forget} samples are too few to show a "
+            f"shared pattern (min_pattern_size {config.min_pattern_size})",
+        )
     cap = max(config.search_samples // 2, 1)
     order = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=29)).to(ctx.device)
     half_a, half_b = order[: ctx.n_forget // 2][:cap], order[ctx.n_forget // 2 :][:cap]
@@ -254,13 +321,19 @@ def detect_regime(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config
     xb, yb = ctx.forget_x[half_b], ctx.forget_y[half_b]
     with torch.enable_grad():
         g_a = summed_gradient(model, xa, ya)
-    direction = {name: g_a[name] / (ctx.n_retain * (f_r + damping(f_r, config.lam_scale)))
-                 for name, f_r in curv.retain.fisher.items()}
+    direction = {
+        name: g_a[name] / (ctx.n_retain * (f_r + damping(f_r, config.lam_scale)))
+        for name, f_r in curv.retain.fisher.items()
+    }
     matched = torch.isin(scorer.val_y, yb)
     vx, vy = scorer.val_x[matched][:cap], scorer.val_y[matched][:cap]
 
     def confidences() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return own_label_conf(model, xa, ya), own_label_conf(model, xb, yb), own_label_conf(model, vx, vy)
+        return (
+            own_label_conf(model, xa, ya),
+            own_label_conf(model, xb, yb),
+            own_label_conf(model, vx, vy),
+        )
 
     base, specific = confidences(), None
     mean_a0, mean_v0 = float(base[0].mean()), class_matched_mean(base[2], vy, yb)
@@ -279,29 +352,45 @@ def detect_regime(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config
             break
     set_step(model, curv, 0.0, None)
     if specific is None:
-        return Regime(kind="scattered", reason="no step takes half of the forget set's fit "
-                      "without taking as much from held-out data")
+        return Regime(
+            kind="scattered",
+            reason="no step takes half of the forget set's fit "
+            "without taking as much from held-out data",
+        )
     drop_a, drops_b, drop_v, drops_v = specific
     transfer = (float(drops_b.mean()) - drop_v) / drop_a
-    p_value = float(mannwhitneyu(drops_b.cpu().numpy(), drops_v.cpu().numpy(),
-                                 alternative="greater").pvalue) if len(drops_v) else 1.0
+    p_value = (
+        float(
+            mannwhitneyu(drops_b.cpu().numpy(), drops_v.cpu().numpy(), alternative="greater").pvalue
+        )
+        if len(drops_v)
+        else 1.0
+    )
     systematic = transfer >= config.pattern_transfer and p_value < config.pattern_level
-    return Regime(kind="systematic" if systematic else "scattered", transfer=transfer,
-                  p_value=p_value,
-                  reason=f"removing half of the forget set takes {transfer:.2f} of the other "
-                         f"half's confidence beyond held-out data's (threshold "
-                         f"{config.pattern_transfer:g}), p = {p_value:.2g} (level "
-                         f"{config.pattern_level:g})")
+    return Regime(
+        kind="systematic" if systematic else "scattered",
+        transfer=transfer,
+        p_value=p_value,
+        reason=f"removing half of the forget set takes {transfer:.2f} of the other "
+        f"half's confidence beyond held-out data's (threshold "
+        f"{config.pattern_transfer:g}), p = {p_value:.2g} (level "
+        f"{config.pattern_level:g})",
+    )
 
 
 def loss_ranks(model: nn.Module, scorer: ForgetScore) -> torch.Tensor:
     """Each forget row's `uib.metrics.loss_percentiles` among the held-out rows' losses: 0.5 on
     average for samples exchangeable with held-out data under a model that never saw them."""
+
     def losses(x, y):
         return per_sample_loss(logits_of(model, x).cpu(), y.cpu().numpy())
 
-    ranks = loss_percentiles(losses(scorer.forget_x, scorer.forget_y), scorer.forget_y.cpu().numpy(),
-                             losses(scorer.val_x, scorer.val_y), scorer.val_y.cpu().numpy())
+    ranks = loss_percentiles(
+        losses(scorer.forget_x, scorer.forget_y),
+        scorer.forget_y.cpu().numpy(),
+        losses(scorer.val_x, scorer.val_y),
+        scorer.val_y.cpu().numpy(),
+    )
     return torch.as_tensor(ranks[~np.isnan(ranks)])
 
 
@@ -315,8 +404,13 @@ def remembered_p(ranks: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def unseen_matched_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature,
-                       config: CurvatureConfig, scorer: ForgetScore) -> float:
+def unseen_matched_eta(
+    model: nn.Module,
+    ctx: UnlearnContext,
+    curv: Curvature,
+    config: CurvatureConfig,
+    scorer: ForgetScore,
+) -> float:
     """Scattered forget sets: 0 unless the forgotten samples' losses rank significantly low
     among same-class held-out losses (one-sided, `rank_test_level`); then the shortest step
     after which they rank at `unseen_rank` on average, or else the longest step that changes the
@@ -326,17 +420,27 @@ def unseen_matched_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature,
     bisections between it and the η before it.
     """
     ranks = loss_ranks(model, scorer)
-    trace = [{"eta": 0.0, "rank": float(ranks.mean()), "p_remembered": remembered_p(ranks),
-              "flipped": 0.0}]
+    trace = [
+        {
+            "eta": 0.0,
+            "rank": float(ranks.mean()),
+            "p_remembered": remembered_p(ranks),
+            "flipped": 0.0,
+        }
+    ]
     ctx.notes["eta_search"] = trace
     if trace[0]["p_remembered"] >= config.rank_test_level:
-        ctx.notes["eta_rule"] = (f"scattered, already like unseen data: mean loss rank "
-                                 f"{trace[0]['rank']:.2f} among held-out samples, p = "
-                                 f"{trace[0]['p_remembered']:.2f} ≥ {config.rank_test_level:g}")
+        ctx.notes["eta_rule"] = (
+            f"scattered, already like unseen data: mean loss rank "
+            f"{trace[0]['rank']:.2f} among held-out samples, p = "
+            f"{trace[0]['p_remembered']:.2f} ≥ {config.rank_test_level:g}"
+        )
         return 0.0
-    ctx.notes["eta_rule"] = (f"scattered, remembered (mean loss rank {trace[0]['rank']:.2f}, p = "
-                             f"{trace[0]['p_remembered']:.3f}): the shortest step to rank "
-                             f"{config.unseen_rank:g} flipping ≤ {config.max_flips:g} of the probe")
+    ctx.notes["eta_rule"] = (
+        f"scattered, remembered (mean loss rank {trace[0]['rank']:.2f}, p = "
+        f"{trace[0]['p_remembered']:.3f}): the shortest step to rank "
+        f"{config.unseen_rank:g} flipping ≤ {config.max_flips:g} of the probe"
+    )
     probe = torch.cat([scorer.val_x, ctx.retain_x[curv.sample[:250]]])
     predicted = logits_of(model, probe).argmax(1)
 
@@ -344,8 +448,9 @@ def unseen_matched_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature,
         """(rank reached, few enough flips) at θ0 + η · step."""
         set_step(model, curv, eta, config.clip)
         flipped = float((logits_of(model, probe).argmax(1) != predicted).float().mean())
-        trace.append({"eta": eta, "rank": float(loss_ranks(model, scorer).mean()),
-                      "flipped": flipped})
+        trace.append(
+            {"eta": eta, "rank": float(loss_ranks(model, scorer).mean()), "flipped": flipped}
+        )
         return trace[-1]["rank"] >= config.unseen_rank, flipped <= config.max_flips
 
     low, high, at_high = 0.0, None, (False, False)
@@ -369,8 +474,14 @@ def unseen_matched_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature,
 
 
 @torch.no_grad()
-def knee_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config: CurvatureConfig,
-             scorer: ForgetScore, mask: dict[str, torch.Tensor] | None = None) -> float:
+def knee_eta(
+    model: nn.Module,
+    ctx: UnlearnContext,
+    curv: Curvature,
+    config: CurvatureConfig,
+    scorer: ForgetScore,
+    mask: dict[str, torch.Tensor] | None = None,
+) -> float:
     """`eta_scale` × the η of the grid with the best `ForgetScore` (the smallest on ties).
 
     `model` holds θ0 when called, and η = 0 is scored first. When no η beats it by `min_gain`
@@ -388,16 +499,25 @@ def knee_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config: Cur
     ctx.notes["eta_search"] = [baseline, *trace]
     best = max(trace, key=lambda t: t["score"])
     if best["score"] - baseline["score"] < config.min_gain:
-        ctx.notes["eta_rule"] = (f"no separable slice: the best score gains "
-                                 f"{best['score'] - baseline['score']:.3f} < {config.min_gain:g}")
+        ctx.notes["eta_rule"] = (
+            f"no separable slice: the best score gains "
+            f"{best['score'] - baseline['score']:.3f} < {config.min_gain:g}"
+        )
         return 0.0
-    ctx.notes["eta_rule"] = (f"validation: {config.eta_scale:g} × argmax(val_acc - {scorer.weight:g} "
-                             "× forget_conf)")
+    ctx.notes["eta_rule"] = (
+        f"validation: {config.eta_scale:g} × argmax(val_acc - {scorer.weight:g} × forget_conf)"
+    )
     return config.eta_scale * best["eta"]
 
 
-def select_eta(model: nn.Module, ctx: UnlearnContext, curv: Curvature, config: CurvatureConfig,
-               scorer: ForgetScore | None, mask: dict[str, torch.Tensor] | None = None) -> float:
+def select_eta(
+    model: nn.Module,
+    ctx: UnlearnContext,
+    curv: Curvature,
+    config: CurvatureConfig,
+    scorer: ForgetScore | None,
+    mask: dict[str, torch.Tensor] | None = None,
+) -> float:
     """η by the forget set's regime (see the module's docstring); `model` holds θ0 on return
     only when η = 0 (the caller sets the step it takes)."""
     if config.eta is not None:

@@ -33,24 +33,40 @@ from uib.train import batches
 class UIBConfig(CurvatureConfig):
     eta_scale: float = Field(4.0, gt=0, description="× the selected η; see ForgetScore")
     beta: float = Field(30.0, ge=0, description="weight of I(X_r; θ): the KL to the dynamic prior")
-    alpha: float = Field(40.0, ge=0, description="how strongly the shift signal s reshapes the prior")
+    alpha: float = Field(
+        40.0, ge=0, description="how strongly the shift signal s reshapes the prior"
+    )
     shift_rule: Literal["hold", "release"] = Field("hold", description="see uib.prior.SHIFT_RULES")
     sigma: float = Field(1e-3, ge=0, description="std of q(θ); fixed")
     lr: float = Field(3e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    passes: int = Field(8, ge=0, description="T, the most passes over S_r (each costs |S_r| "
-                        "training steps' worth: the time budget on CPU)")
-    stop_at_gap: float | None = Field(0.002, ge=0, description="end the passes once accuracy on "
-                                      "validation and on S_r is within this of the original's "
-                                      "(the gates' retained-performance terms); None: run T")
-    scattered_passes: int = Field(2, ge=0, description="the most passes for a scattered forget "
-                                  "set, whose step is short and costs little to win back")
+    passes: int = Field(
+        8,
+        ge=0,
+        description="T, the most passes over S_r (each costs |S_r| "
+        "training steps' worth: the time budget on CPU)",
+    )
+    stop_at_gap: float | None = Field(
+        0.002,
+        ge=0,
+        description="end the passes once accuracy on "
+        "validation and on S_r is within this of the original's "
+        "(the gates' retained-performance terms); None: run T",
+    )
+    scattered_passes: int = Field(
+        2,
+        ge=0,
+        description="the most passes for a scattered forget "
+        "set, whose step is short and costs little to win back",
+    )
     batch_size: int = Field(64, ge=1)
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
 
 
-RTerm = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+RTerm = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]
+]
 
 
 def neggrad_term(ctx: UnlearnContext, config: UIBConfig) -> RTerm:
@@ -78,10 +94,17 @@ class Variant:
     salient_only: bool = False
 
 
-def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, ys: torch.Tensor,
-             ctx: UnlearnContext, config: UIBConfig, variant: Variant,
-             mask: dict[str, torch.Tensor] | None,
-             stop: Callable[[nn.Module, float], bool] | None) -> None:
+def optimise(
+    model: nn.Module,
+    prior: dict[str, LayerPrior],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    ctx: UnlearnContext,
+    config: UIBConfig,
+    variant: Variant,
+    mask: dict[str, torch.Tensor] | None,
+    stop: Callable[[nn.Module, float], bool] | None,
+) -> None:
     """Up to T passes over S_r of CE(m + σε) + (β / n_r) Σ KL(q ‖ p) + R, with Adam on m.
 
     `stop(model, retain_acc)`, asked before the first pass and after each, ends the passes
@@ -125,7 +148,9 @@ def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, y
                 terms = {"retain_ce": F.cross_entropy(out_r.float(), ys[idx])}
                 correct += int((out_r.argmax(1) == ys[idx]).sum())
                 if r_term is not None:
-                    terms.update(r_term(model, xs[idx], out_r, ctx.forget_x[fidx], ctx.forget_y[fidx]))
+                    terms.update(
+                        r_term(model, xs[idx], out_r, ctx.forget_x[fidx], ctx.forget_y[fidx])
+                    )
             optimizer.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             with torch.no_grad():
@@ -141,8 +166,13 @@ def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, y
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         with torch.no_grad():
             pull = kl_weight * float(prior_pull(params, prior))
-        ctx.loss_curve.append({"epoch": float(epoch), "kl_prior": pull,
-                               **{k: v / len(retain_order) for k, v in sums.items()}})
+        ctx.loss_curve.append(
+            {
+                "epoch": float(epoch),
+                "kl_prior": pull,
+                **{k: v / len(retain_order) for k, v in sums.items()},
+            }
+        )
         if stop is not None and stop(model, correct / len(ys)):
             break
         model.train()
@@ -151,12 +181,15 @@ def optimise(model: nn.Module, prior: dict[str, LayerPrior], xs: torch.Tensor, y
     ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
 
 
-def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: Variant) -> nn.Module:
+def run_uib(
+    model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: Variant
+) -> nn.Module:
     curv = measure_curvature(model, ctx, config)
     mask = None
     if variant.salient_only:
-        probe = build_prior(curv.theta0, curv.retain, curv.forget, ctx.n_retain, 0.0, config.alpha,
-                            config.lam_scale)
+        probe = build_prior(
+            curv.theta0, curv.retain, curv.forget, ctx.n_retain, 0.0, config.alpha, config.lam_scale
+        )
         mask = saliency_mask({k: p.signal for k, p in probe.items()}, config.saliency)
     scorer = ForgetScore.for_request(ctx, config)
     xs, ys = ctx.retain_x[curv.sample], ctx.retain_y[curv.sample]
@@ -167,7 +200,10 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
 
         def stop(m: nn.Module, retain_acc: float) -> bool:
             m.eval()
-            return retain_acc >= retain_target and accuracy(m, scorer.val_x, scorer.val_y) >= val_target
+            return (
+                retain_acc >= retain_target
+                and accuracy(m, scorer.val_x, scorer.val_y) >= val_target
+            )
 
     eta = select_eta(model, ctx, curv, config, scorer, mask)
     ctx.notes["eta"] = eta
@@ -179,16 +215,34 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
     if ctx.notes.get("regime", {}).get("kind") == "scattered":
         passes = min(passes, config.scattered_passes)
     with ctx.phase("prior"):
-        prior = build_prior(curv.theta0, curv.retain, curv.forget, ctx.n_retain, eta, config.alpha,
-                            config.lam_scale, config.clip, config.shift_rule)
+        prior = build_prior(
+            curv.theta0,
+            curv.retain,
+            curv.forget,
+            ctx.n_retain,
+            eta,
+            config.alpha,
+            config.lam_scale,
+            config.clip,
+            config.shift_rule,
+        )
         set_step(model, curv, eta, config.clip, mask)
     if mask is not None:
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
     if passes:
         with ctx.phase("optimise"):
-            optimise(model, prior, xs, ys, ctx, config.model_copy(update={"passes": passes}),
-                     variant, mask, stop)
+            optimise(
+                model,
+                prior,
+                xs,
+                ys,
+                ctx,
+                config.model_copy(update={"passes": passes}),
+                variant,
+                mask,
+                stop,
+            )
     with torch.no_grad():
         params = {k: p for k, p in model.named_parameters() if k in prior}
         if config.sigma:
@@ -197,10 +251,19 @@ def run_uib(model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: V
 
 
 VARIANTS = {
-    "uib": (Variant(), "UIB-IF: the IF step in a shift-aware dynamic prior, then the variational bound."),
+    "uib": (
+        Variant(),
+        "UIB-IF: the IF step in a shift-aware dynamic prior, then the variational bound.",
+    ),
     "uib+neggrad": (Variant(r_term=neggrad_term), "UIB with R = −γ · CE(forget batch)."),
-    "uib+scrub": (Variant(r_term=scrub_term), "UIB with R = γ · (KL to the teacher on retain − on forget)."),
-    "uib+salun": (Variant(salient_only=True), "UIB moving only the entries with the top shift signal s."),
+    "uib+scrub": (
+        Variant(r_term=scrub_term),
+        "UIB with R = γ · (KL to the teacher on retain − on forget).",
+    ),
+    "uib+salun": (
+        Variant(salient_only=True),
+        "UIB moving only the entries with the top shift signal s.",
+    ),
 }
 
 
