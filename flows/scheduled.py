@@ -12,7 +12,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.unlearn import RequestRefused, check_data_matches_champion, unlearn_flow
+from flows.checks import check_data_matches_champion
+from flows.outcome import RequestRefused
+from flows.unlearn import unlearn_flow
 from tasks.batching import BatchPlan, plan_batch
 from tasks.data_versioning import DataRepo
 from tasks.registry import champion, client_for

@@ -28,15 +28,21 @@ from __future__ import annotations
 import shutil
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
 
 from flows.attempts import Attempt, Job, run_attempts
+from flows.checks import check_data_matches_champion, validate
+from flows.outcome import (
+    GatesFailed,
+    Outcome,
+    RequestNotRunnable,
+    RequestRefused,
+    outcome_details,
+    publish_outcome,
+)
 from flows.train import recipe
 from tasks.data_versioning import DataRepo, DataVersion, read_staged, version_forget_set
 from tasks.erasure import AuditRecord, audit_path, erase_request, read_audit, update_audit
-from tasks.gate_report import GateReport
 from tasks.registry import (
     approved_version,
     champion,
@@ -47,158 +53,17 @@ from tasks.registry import (
     promote,
 )
 from tasks.requests import (
-    PARKED,
     DeletionRequest,
     RequestLedger,
     RequestState,
-    Resolved,
     Review,
     resolve_request,
 )
 from tasks.settings import Settings
-from tasks.validation import ValidationReport, validate_shift_task
 from uib.samples import DataError, split_validation
 from uib.scenarios import select_forget
 
-
-class RequestRefused(Exception):
-    """The request cannot be honoured as asked: nothing was versioned or registered."""
-
-
-class RequestNotRunnable(Exception):
-    """A run may not take the request up as it stands (held, withdrawn, erased, or the champion
-    was moved by hand): nothing changed, the ledger state included."""
-
-
-class GatesFailed(Exception):
-    """Every candidate failed a gate: each is registered as `rejected`, the champion is
-    unchanged, the forget set is erased and the request is held for review."""
-
-    def __init__(self, message: str, report: GateReport, model_version: str, outcome: Outcome):
-        super().__init__(message)
-        self.report, self.model_version, self.outcome = report, model_version, outcome
-
-
-class Outcome(BaseModel):
-    """What a run did for an approved request; the ledger keeps it with the request."""
-
-    request_id: str
-    state: RequestState
-    model_version: str
-    parent_model_version: str
-    gates: GateReport
-    data_version_before: DataVersion
-    data_version_after: DataVersion
-    audit_path: str
-    unlearn_time_s: float | None = None
-    duplicate: bool = False
-    method: str | None = None
-    fallback_for: str | None = Field(
-        None, description="the rejected version the exact fallback (`retrain`) stands in for"
-    )
-    note: str = ""
-
-
-def artifact_key(request_id: str) -> str:
-    return "request-" + "".join(c if c.isalnum() else "-" for c in request_id.lower())
-
-
-def publish_outcome(
-    request: DeletionRequest,
-    state: RequestState,
-    message: str,
-    gates: GateReport | None = None,
-    details: list[str] = (),
-) -> None:
-    """The request's outcome as a Prefect Markdown artifact (one key per request)."""
-    selection = f"{len(request.sample_ids)} ids" if request.sample_ids else f"where {request.where}"
-    lines = [
-        f"# Deletion request `{request.request_id}`: **{state.value}**",
-        "",
-        f"- reason: {request.reason or '—'}",
-        f"- selection: {selection}",
-        f"- {message}",
-        *(f"- {d}" for d in details),
-    ]
-    if gates is not None:
-        lines += ["", "## Gates", "", gates.to_markdown()]
-    create_markdown_artifact(
-        markdown="\n".join(lines),
-        key=artifact_key(request.request_id),
-        description=f"Outcome of deletion request {request.request_id}",
-    )
-
-
-def outcome_details(outcome: Outcome) -> list[str]:
-    return [
-        *([outcome.note] if outcome.note else []),
-        f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
-        f"data version: {outcome.data_version_before.git_rev[:10]} → "
-        f"{outcome.data_version_after.git_rev[:10]}",
-        f"audit record: `{outcome.audit_path}`",
-    ]
-
-
 # --------------------------------------------------------------------------- stages
-
-
-def check_data_matches_champion(
-    repo: DataRepo, champion_version, request_id: str, ledger: RequestLedger
-) -> None:
-    """Refuse unless the data is the champion's, or ahead of it only by parked requests' commits.
-
-    A parked request (held, rejected on review, withdrawn) has its samples out of the current
-    version already, so a new request proceeds on top of it: its retain set excludes them and
-    its parent is the champion. A commit the ledger does not account for refuses loudly.
-    """
-    trained_on = champion_version.tags.get("data_version_after") or champion_version.tags.get(
-        "data_git_rev"
-    )
-    head = repo.current()
-    if trained_on in (None, head.git_rev):
-        return
-    history = repo.history()
-    if trained_on not in history:
-        raise RequestRefused(
-            f"the champion, version {champion_version.version}, was built on data version "
-            f"{trained_on[:10]}, which is not in the history of the data repository: restore "
-            "the repository or point the alias at a version built on its data"
-        )
-    ahead = history[: history.index(trained_on)]
-    known = {request_id} | {r.request_id for r in ledger.list() if r.state in PARKED}
-    accounted = {repo.find_request(rid) for rid in known} - {None}
-    unknown = [rev for rev in ahead if rev not in accounted]
-    if unknown:
-        rev = repo.version(unknown[-1])
-        raise RequestRefused(
-            f"the current data version {head.git_rev[:10]} is ahead of the champion, version "
-            f"{champion_version.version}, built on {trained_on[:10]}, by {len(unknown)} data "
-            f"version(s) the ledger does not hold as held, rejected or withdrawn, first "
-            f"{rev.git_rev[:10]} ({rev.message!r}): finish that request (run it again) or "
-            "review it (`uib requests`, `uib request …`) first"
-        )
-
-
-def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -> ValidationReport:
-    original, retain, forget = resolved.manifests()
-    policy = settings.shift.model_copy(update={"allow_class_removal": request.allow_class_removal})
-    report = validate_shift_task(
-        original,
-        retain,
-        forget,
-        request.sample_ids or resolved.forget_ids,
-        policy,
-        resolved.dataset.num_classes,
-        request.request_id,
-    )
-    if not report.success:
-        raise RequestRefused(
-            "shift validation failed: "
-            + "; ".join(
-                f"{c.name} (observed {c.observed}, threshold {c.threshold})" for c in report.failed
-            )
-        )
-    return report
 
 
 def erase_and_audit(

@@ -1,8 +1,9 @@
-"""Silence one library logger for the length of a call."""
+"""Quiet libraries: one logger for the length of a call; Prefect's telemetry for good."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,3 +18,9 @@ def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
+
+
+def quiet_prefect() -> None:
+    """No telemetry from Prefect's temporary server: nothing outside loopback is reachable."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -82,7 +82,7 @@ def test_the_noise_floor_is_a_second_retrain_from_another_init(tmp_path):
 
 
 def test_all_names_every_registered_method():
-    from flows.cli import method_names
+    from flows.cli_library import method_names
     from uib import methods
 
     assert method_names("all") == methods.available() and "uib+salun" in method_names("all")

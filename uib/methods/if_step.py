@@ -1,31 +1,15 @@
-"""The influence-function (IF) removal step that UIB starts from: its curvature, its direction
-and its length η, which is chosen on the held-out validation split, never with a retrained model.
-
-How long the step should be depends on what kind of forget set a request names, and the method
-finds that out from the data (`detect_regime`), not from how the request was phrased:
-
-- **systematic**: the forget samples share something the rest of the data lacks (a faulty
-  source's patch, a legacy corruption, a whole class). Removing the influence of half of them
-  removes much of the other half's fit too. There is no unseen data of that kind to match, so η
-  is the knee of `val_acc − forget_conf` (`knee_eta`): forget as far as it stays cheap.
-- **scattered**: a person's few records, a random subset. The samples are exchangeable with the
-  rest of the training data, so a retrained model predicts them exactly as it predicts unseen
-  data: their loss ranks like a held-out sample's. η is 0 unless their losses rank
-  significantly low among same-class held-out losses, and then the shortest step after which
-  they rank at the median (`unseen_matched_eta`). Retrain barely moves for such a set, and
-  neither does this step: driving a random sample's confidence towards 0, as the knee would, is
-  over-forgetting and costs accuracy for nothing.
-"""
+"""The influence-function (IF) removal step that UIB starts from: its curvature (per-sample
+gradients over a stratified retain sample S_r and the forget set), its direction, and the
+validation score behind the knee rule for its length. How long a step a request gets is
+`uib.methods.step_length`'s business."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
-from pydantic import BaseModel, Field
-from scipy.stats import mannwhitneyu
+from pydantic import Field
 from torch import nn
 
 from uib.curvature import (
@@ -35,10 +19,9 @@ from uib.curvature import (
     summed_gradient,
     trainable,
 )
-from uib.methods.base import MethodConfig, UnlearnContext, register
+from uib.methods.base import MethodConfig, UnlearnContext
 from uib.methods.common import stratified_sample
-from uib.metrics import loss_percentiles, per_sample_loss
-from uib.prior import clip_step, damping, if_direction
+from uib.prior import clip_step, if_direction
 
 DEFAULT_ETA_GRID = [round(10 ** (k / 2), 12) for k in range(-12, 1)]  # 1e-6, 3.2e-6, …, 1
 EVAL_BATCH = 128  # rows a forward pass; on 2 CPU cores the CNN runs 2× faster a row than at 512
@@ -256,223 +239,6 @@ class ForgetScore:
         }
 
 
-class Regime(BaseModel):
-    """What kind of forget set a request names, and the evidence."""
-
-    kind: Literal["systematic", "scattered"]
-    reason: str
-    transfer: float | None = None
-    p_value: float | None = None
-
-
-@torch.no_grad()
-def own_label_conf(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits_of(model, x), 1).gather(1, y[:, None]).squeeze(1)
-
-
-def class_matched_mean(values: torch.Tensor, labels: torch.Tensor, like: torch.Tensor) -> float:
-    """The mean of `values` reweighted so that `labels` have the label mix of `like`."""
-    total, weight = 0.0, 0
-    for label, count in zip(*torch.unique(like, return_counts=True), strict=True):
-        chosen = values[labels == label]
-        if len(chosen):
-            total += float(chosen.mean()) * int(count)
-            weight += int(count)
-    return total / weight if weight else float("nan")
-
-
-@torch.no_grad()
-def detect_regime(
-    model: nn.Module,
-    ctx: UnlearnContext,
-    curv: Curvature,
-    config: CurvatureConfig,
-    scorer: ForgetScore,
-) -> Regime:
-    """Systematic or scattered, by cross-fitting the IF step on two halves of the forget set.
-
-    The step that removes half A's influence is scanned up every other η of the grid while it
-    stays specific
-    to A (held-out samples of the same labels lose at most half what A loses) and until A has
-    lost half its confidence in its own labels. If the forget samples share a pattern, the
-    other half B loses confidence with A; if they are scattered, B loses no more than the
-    held-out samples (which the step did not aim at either). At the longest specific step,
-    `transfer` = (drop of B − drop of held-out) / drop of A (means); systematic when it
-    reaches `pattern_transfer` and B's per-sample drops exceed the held-out samples' at
-    significance `pattern_level` (one-sided Mann–Whitney), so that one sample of B that
-    happens to look like one of A (measured: 10 random MNIST ids, transfer 0.53) does not
-    make a pattern. A forget set that takes every sample of a label out of the retain set
-    is systematic without a test; fewer than `min_pattern_size` samples, or a set none of whose
-    steps is specific, are scattered. `model` holds θ0 again on return.
-    """
-    gone = sorted(set(ctx.forget_y.unique().tolist()) - set(ctx.retain_y.unique().tolist()))
-    if gone:
-        return Regime(kind="systematic", reason=f"removes every training sample of labels {gone}")
-    if ctx.n_forget < config.min_pattern_size:
-        return Regime(
-            kind="scattered",
-            reason=f"{ctx.n_forget} samples are too few to show a "
-            f"shared pattern (min_pattern_size {config.min_pattern_size})",
-        )
-    cap = max(config.search_samples // 2, 1)
-    order = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=29)).to(ctx.device)
-    half_a, half_b = order[: ctx.n_forget // 2][:cap], order[ctx.n_forget // 2 :][:cap]
-    xa, ya = ctx.forget_x[half_a], ctx.forget_y[half_a]
-    xb, yb = ctx.forget_x[half_b], ctx.forget_y[half_b]
-    with torch.enable_grad():
-        g_a = summed_gradient(model, xa, ya)
-    direction = {
-        name: g_a[name] / (ctx.n_retain * (f_r + damping(f_r, config.lam_scale)))
-        for name, f_r in curv.retain.fisher.items()
-    }
-    matched = torch.isin(scorer.val_y, yb)
-    vx, vy = scorer.val_x[matched][:cap], scorer.val_y[matched][:cap]
-
-    def confidences() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            own_label_conf(model, xa, ya),
-            own_label_conf(model, xb, yb),
-            own_label_conf(model, vx, vy),
-        )
-
-    base, specific = confidences(), None
-    mean_a0, mean_v0 = float(base[0].mean()), class_matched_mean(base[2], vy, yb)
-    for eta in sorted(config.eta_grid)[::2]:
-        set_step(model, curv, eta, config.clip, direction=direction)
-        drops = [b - c for b, c in zip(base, confidences(), strict=True)]
-        drop_a, drop_v = float(drops[0].mean()), class_matched_mean(drops[2], vy, yb)
-        if drop_a < 0.05:
-            if drop_v >= 0.5 * mean_v0:
-                break
-            continue
-        if drop_v > 0.5 * drop_a:
-            break
-        specific = (drop_a, drops[1], drop_v, drops[2])
-        if drop_a >= 0.5 * mean_a0:
-            break
-    set_step(model, curv, 0.0, None)
-    if specific is None:
-        return Regime(
-            kind="scattered",
-            reason="no step takes half of the forget set's fit "
-            "without taking as much from held-out data",
-        )
-    drop_a, drops_b, drop_v, drops_v = specific
-    transfer = (float(drops_b.mean()) - drop_v) / drop_a
-    p_value = (
-        float(
-            mannwhitneyu(drops_b.cpu().numpy(), drops_v.cpu().numpy(), alternative="greater").pvalue
-        )
-        if len(drops_v)
-        else 1.0
-    )
-    systematic = transfer >= config.pattern_transfer and p_value < config.pattern_level
-    return Regime(
-        kind="systematic" if systematic else "scattered",
-        transfer=transfer,
-        p_value=p_value,
-        reason=f"removing half of the forget set takes {transfer:.2f} of the other "
-        f"half's confidence beyond held-out data's (threshold "
-        f"{config.pattern_transfer:g}), p = {p_value:.2g} (level "
-        f"{config.pattern_level:g})",
-    )
-
-
-def loss_ranks(model: nn.Module, scorer: ForgetScore) -> torch.Tensor:
-    """Each forget row's `uib.metrics.loss_percentiles` among the held-out rows' losses: 0.5 on
-    average for samples exchangeable with held-out data under a model that never saw them."""
-
-    def losses(x, y):
-        return per_sample_loss(logits_of(model, x).cpu(), y.cpu().numpy())
-
-    ranks = loss_percentiles(
-        losses(scorer.forget_x, scorer.forget_y),
-        scorer.forget_y.cpu().numpy(),
-        losses(scorer.val_x, scorer.val_y),
-        scorer.val_y.cpu().numpy(),
-    )
-    return torch.as_tensor(ranks[~np.isnan(ranks)])
-
-
-def remembered_p(ranks: torch.Tensor) -> float:
-    """One-sided p-value of "these ranks are uniform" against "they are low" (remembered):
-    the normal approximation to the mean of n uniform ranks, variance 1 / (12 n)."""
-    if not len(ranks):
-        return 1.0
-    z = (float(ranks.mean()) - 0.5) / (12 * len(ranks)) ** -0.5
-    return float(0.5 * torch.erfc(torch.tensor(-z / 2**0.5)))
-
-
-@torch.no_grad()
-def unseen_matched_eta(
-    model: nn.Module,
-    ctx: UnlearnContext,
-    curv: Curvature,
-    config: CurvatureConfig,
-    scorer: ForgetScore,
-) -> float:
-    """Scattered forget sets: 0 unless the forgotten samples' losses rank significantly low
-    among same-class held-out losses (one-sided, `rank_test_level`); then the shortest step
-    after which they rank at `unseen_rank` on average, or else the longest step that changes the
-    predicted class of at most `max_flips` of the probe rows (the held-out rows and 250 of S_r).
-
-    Up the grid to the first η that reaches the rank or flips too much, then three geometric
-    bisections between it and the η before it.
-    """
-    ranks = loss_ranks(model, scorer)
-    trace = [
-        {
-            "eta": 0.0,
-            "rank": float(ranks.mean()),
-            "p_remembered": remembered_p(ranks),
-            "flipped": 0.0,
-        }
-    ]
-    ctx.notes["eta_search"] = trace
-    if trace[0]["p_remembered"] >= config.rank_test_level:
-        ctx.notes["eta_rule"] = (
-            f"scattered, already like unseen data: mean loss rank "
-            f"{trace[0]['rank']:.2f} among held-out samples, p = "
-            f"{trace[0]['p_remembered']:.2f} ≥ {config.rank_test_level:g}"
-        )
-        return 0.0
-    ctx.notes["eta_rule"] = (
-        f"scattered, remembered (mean loss rank {trace[0]['rank']:.2f}, p = "
-        f"{trace[0]['p_remembered']:.3f}): the shortest step to rank "
-        f"{config.unseen_rank:g} flipping ≤ {config.max_flips:g} of the probe"
-    )
-    probe = torch.cat([scorer.val_x, ctx.retain_x[curv.sample[:250]]])
-    predicted = logits_of(model, probe).argmax(1)
-
-    def outcome(eta: float) -> tuple[bool, bool]:
-        """(rank reached, few enough flips) at θ0 + η · step."""
-        set_step(model, curv, eta, config.clip)
-        flipped = float((logits_of(model, probe).argmax(1) != predicted).float().mean())
-        trace.append(
-            {"eta": eta, "rank": float(loss_ranks(model, scorer).mean()), "flipped": flipped}
-        )
-        return trace[-1]["rank"] >= config.unseen_rank, flipped <= config.max_flips
-
-    low, high, at_high = 0.0, None, (False, False)
-    for eta in sorted(config.eta_grid):
-        reached, affordable = outcome(eta)
-        if reached or not affordable:
-            high, at_high = eta, (reached, affordable)
-            break
-        low = eta
-    if high is None:
-        return low
-    below = low if low > 0 else high / 10**0.5
-    for _ in range(3):
-        mid = (below * high) ** 0.5
-        reached, affordable = outcome(mid)
-        if reached or not affordable:
-            high, at_high = mid, (reached, affordable)
-        else:
-            below = low = mid
-    return high if at_high == (True, True) else low
-
-
 @torch.no_grad()
 def knee_eta(
     model: nn.Module,
@@ -508,43 +274,3 @@ def knee_eta(
         f"validation: {config.eta_scale:g} × argmax(val_acc - {scorer.weight:g} × forget_conf)"
     )
     return config.eta_scale * best["eta"]
-
-
-def select_eta(
-    model: nn.Module,
-    ctx: UnlearnContext,
-    curv: Curvature,
-    config: CurvatureConfig,
-    scorer: ForgetScore | None,
-    mask: dict[str, torch.Tensor] | None = None,
-) -> float:
-    """η by the forget set's regime (see the module's docstring); `model` holds θ0 on return
-    only when η = 0 (the caller sets the step it takes)."""
-    if config.eta is not None:
-        return config.eta
-    if scorer is None:
-        ctx.notes["eta_rule"] = "fallback (no validation split)"
-        return config.fallback_eta
-    with ctx.phase("eta_search"):
-        if config.regime == "auto":
-            regime = detect_regime(model, ctx, curv, config, scorer)
-        else:
-            regime = Regime(kind=config.regime, reason="set in the method's config")
-        ctx.notes["regime"] = regime.model_dump()
-        if regime.kind == "systematic":
-            return knee_eta(model, ctx, curv, config, scorer, mask)
-        return unseen_matched_eta(model, ctx, curv, config, scorer)
-
-
-class InfluenceConfig(CurvatureConfig):
-    pass
-
-
-@register("influence", InfluenceConfig)
-def influence(model: nn.Module, ctx: UnlearnContext, config: InfluenceConfig) -> nn.Module:
-    """The influence-function removal step alone (diagonal Fisher, damped, η on validation)."""
-    curv = measure_curvature(model, ctx, config)
-    eta = select_eta(model, ctx, curv, config, ForgetScore.for_request(ctx, config))
-    set_step(model, curv, eta, config.clip)
-    ctx.notes["eta"] = eta
-    return model

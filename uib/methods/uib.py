@@ -22,9 +22,9 @@ from uib.methods.if_step import (
     ForgetScore,
     accuracy,
     measure_curvature,
-    select_eta,
     set_step,
 )
+from uib.methods.step_length import select_eta
 from uib.objective import prior_kl, prior_pull
 from uib.prior import LayerPrior, build_prior
 from uib.train import batches
