@@ -67,6 +67,23 @@ def class_matched_mean(values: torch.Tensor, labels: torch.Tensor, like: torch.T
     return total / weight if weight else float("nan")
 
 
+def regime_without_curvature(ctx: UnlearnContext, config: CurvatureConfig) -> Regime | None:
+    """The regime where no cross-fit is needed: set in the config, a label taken out of the
+    retain set (systematic), or fewer than `min_pattern_size` samples (scattered)."""
+    if config.regime != "auto":
+        return Regime(kind=config.regime, reason="set in the method's config")
+    gone = sorted(set(ctx.forget_y.unique().tolist()) - set(ctx.retain_y.unique().tolist()))
+    if gone:
+        return Regime(kind="systematic", reason=f"removes every training sample of labels {gone}")
+    if ctx.n_forget < config.min_pattern_size:
+        return Regime(
+            kind="scattered",
+            reason=f"{ctx.n_forget} samples are too few to show a "
+            f"shared pattern (min_pattern_size {config.min_pattern_size})",
+        )
+    return None
+
+
 @torch.no_grad()
 def detect_regime(
     model: nn.Module,
@@ -91,15 +108,9 @@ def detect_regime(
     is systematic without a test; fewer than `min_pattern_size` samples, or a set none of whose
     steps is specific, are scattered. `model` holds θ0 again on return.
     """
-    gone = sorted(set(ctx.forget_y.unique().tolist()) - set(ctx.retain_y.unique().tolist()))
-    if gone:
-        return Regime(kind="systematic", reason=f"removes every training sample of labels {gone}")
-    if ctx.n_forget < config.min_pattern_size:
-        return Regime(
-            kind="scattered",
-            reason=f"{ctx.n_forget} samples are too few to show a "
-            f"shared pattern (min_pattern_size {config.min_pattern_size})",
-        )
+    known = regime_without_curvature(ctx, config)
+    if known is not None:
+        return known
     cap = max(config.search_samples // 2, 1)
     order = torch.randperm(ctx.n_forget, generator=ctx.generator(offset=29)).to(ctx.device)
     half_a, half_b = order[: ctx.n_forget // 2][:cap], order[ctx.n_forget // 2 :][:cap]
@@ -189,6 +200,43 @@ def remembered_p(ranks: torch.Tensor) -> float:
     return float(0.5 * torch.erfc(torch.tensor(-z / 2**0.5)))
 
 
+def like_unseen(
+    model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig, scorer: ForgetScore
+) -> bool:
+    """Whether the forget rows' losses at θ0 rank like held-out ones (`remembered_p` at least
+    `rank_test_level`); starts the search trace in the notes and, when so, says it there."""
+    ranks = loss_ranks(model, scorer)
+    row = {
+        "eta": 0.0,
+        "rank": float(ranks.mean()),
+        "p_remembered": remembered_p(ranks),
+        "flipped": 0.0,
+    }
+    ctx.notes["eta_search"] = [row]
+    if row["p_remembered"] < config.rank_test_level:
+        return False
+    ctx.notes["eta_rule"] = (
+        f"scattered, already like unseen data: mean loss rank {row['rank']:.2f} among "
+        f"held-out samples, p = {row['p_remembered']:.2f} ≥ {config.rank_test_level:g}"
+    )
+    return True
+
+
+def already_unseen(
+    model: nn.Module, ctx: UnlearnContext, config: CurvatureConfig, scorer: ForgetScore | None
+) -> bool:
+    """A scattered forget set known as such without curvature (a person's few records) whose
+    losses already rank like held-out ones: η = 0, decided before any per-sample gradient."""
+    if config.eta is not None or scorer is None:
+        return False
+    regime = regime_without_curvature(ctx, config)
+    if regime is None or regime.kind != "scattered":
+        return False
+    with ctx.phase("eta_search"):
+        ctx.notes["regime"] = regime.model_dump()
+        return like_unseen(model, ctx, config, scorer)
+
+
 @torch.no_grad()
 def unseen_matched_eta(
     model: nn.Module,
@@ -205,23 +253,9 @@ def unseen_matched_eta(
     Up the grid to the first η that reaches the rank or flips too much, then three geometric
     bisections between it and the η before it.
     """
-    ranks = loss_ranks(model, scorer)
-    trace = [
-        {
-            "eta": 0.0,
-            "rank": float(ranks.mean()),
-            "p_remembered": remembered_p(ranks),
-            "flipped": 0.0,
-        }
-    ]
-    ctx.notes["eta_search"] = trace
-    if trace[0]["p_remembered"] >= config.rank_test_level:
-        ctx.notes["eta_rule"] = (
-            f"scattered, already like unseen data: mean loss rank "
-            f"{trace[0]['rank']:.2f} among held-out samples, p = "
-            f"{trace[0]['p_remembered']:.2f} ≥ {config.rank_test_level:g}"
-        )
+    if like_unseen(model, ctx, config, scorer):
         return 0.0
+    trace = ctx.notes["eta_search"]
     ctx.notes["eta_rule"] = (
         f"scattered, remembered (mean loss rank {trace[0]['rank']:.2f}, p = "
         f"{trace[0]['p_remembered']:.3f}): the shortest step to rank "
@@ -275,10 +309,7 @@ def select_eta(
         ctx.notes["eta_rule"] = "fallback (no validation split)"
         return config.fallback_eta
     with ctx.phase("eta_search"):
-        if config.regime == "auto":
-            regime = detect_regime(model, ctx, curv, config, scorer)
-        else:
-            regime = Regime(kind=config.regime, reason="set in the method's config")
+        regime = detect_regime(model, ctx, curv, config, scorer)
         ctx.notes["regime"] = regime.model_dump()
         if regime.kind == "systematic":
             return knee_eta(model, ctx, curv, config, scorer, mask)
@@ -292,8 +323,12 @@ class InfluenceConfig(CurvatureConfig):
 @register("influence", InfluenceConfig)
 def influence(model: nn.Module, ctx: UnlearnContext, config: InfluenceConfig) -> nn.Module:
     """The influence-function removal step alone (diagonal Fisher, damped, η on validation)."""
+    scorer = ForgetScore.for_request(ctx, config)
+    if already_unseen(model, ctx, config, scorer):
+        ctx.notes["eta"] = 0.0
+        return model
     curv = measure_curvature(model, ctx, config)
-    eta = select_eta(model, ctx, curv, config, ForgetScore.for_request(ctx, config))
+    eta = select_eta(model, ctx, curv, config, scorer)
     set_step(model, curv, eta, config.clip)
     ctx.notes["eta"] = eta
     return model

@@ -24,7 +24,7 @@ from uib.methods.if_step import (
     measure_curvature,
     set_step,
 )
-from uib.methods.step_length import select_eta
+from uib.methods.step_length import already_unseen, select_eta
 from uib.objective import prior_kl, prior_pull
 from uib.prior import LayerPrior, build_prior
 from uib.train import batches
@@ -184,6 +184,10 @@ def optimise(
 def run_uib(
     model: nn.Module, ctx: UnlearnContext, config: UIBConfig, variant: Variant
 ) -> nn.Module:
+    scorer = ForgetScore.for_request(ctx, config)
+    if already_unseen(model, ctx, config, scorer):
+        ctx.notes.update(eta=0.0, passes_run=0)
+        return model
     curv = measure_curvature(model, ctx, config)
     mask = None
     if variant.salient_only:
@@ -191,7 +195,6 @@ def run_uib(
             curv.theta0, curv.retain, curv.forget, ctx.n_retain, 0.0, config.alpha, config.lam_scale
         )
         mask = saliency_mask({k: p.signal for k, p in probe.items()}, config.saliency)
-    scorer = ForgetScore.for_request(ctx, config)
     xs, ys = ctx.retain_x[curv.sample], ctx.retain_y[curv.sample]
     stop = None
     if scorer is not None and config.stop_at_gap is not None:
