@@ -19,6 +19,8 @@ finds that out from the data (`detect_regime`), not from how the request was phr
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -175,29 +177,50 @@ def detect_regime(
     )
 
 
-def loss_ranks(model: nn.Module, scorer: ForgetScore) -> torch.Tensor:
-    """Each forget row's `uib.metrics.loss_percentiles` among the held-out rows' losses: 0.5 on
-    average for samples exchangeable with held-out data under a model that never saw them."""
+@dataclass
+class RankedLosses:
+    """The forget rows' loss percentiles among held-out losses of their label, and the null
+    variance of their mean: forget rows and held-out rows exchangeable, so per label c with
+    n_c forget and m_c held-out rows the Mann–Whitney variance (n_c + m_c + 1) / (12 n_c m_c),
+    weighted by (n_c / n)². The held-out pool's own size counts: ranked against the same 25
+    rows of a label, 2,400 forget rows are no surer than those 25 rows are typical."""
+
+    ranks: np.ndarray
+    null_variance: float
+
+    @property
+    def mean(self) -> float:
+        return float(self.ranks.mean()) if len(self.ranks) else 0.5
+
+    def remembered_p(self) -> float:
+        """One-sided p of "ranked like held-out rows" against "ranked low" (remembered)."""
+        if not len(self.ranks):
+            return 1.0
+        z = (self.mean - 0.5) / self.null_variance**0.5
+        return float(0.5 * math.erfc(-z / 2**0.5))
+
+
+def loss_ranks(model: nn.Module, scorer: ForgetScore) -> RankedLosses:
+    """Each forget row's `uib.metrics.loss_percentiles` among the losses of the scorer's
+    held-out reference rows (`ForgetScore.ref_x`)."""
 
     def losses(x, y):
         return per_sample_loss(logits_of(model, x).cpu(), y.cpu().numpy())
 
+    forget_y, ref_labels = scorer.forget_y.cpu().numpy(), scorer.ref_y.cpu().numpy()
     ranks = loss_percentiles(
         losses(scorer.forget_x, scorer.forget_y),
-        scorer.forget_y.cpu().numpy(),
-        losses(scorer.val_x, scorer.val_y),
-        scorer.val_y.cpu().numpy(),
+        forget_y,
+        losses(scorer.ref_x, scorer.ref_y),
+        ref_labels,
     )
-    return torch.as_tensor(ranks[~np.isnan(ranks)])
-
-
-def remembered_p(ranks: torch.Tensor) -> float:
-    """One-sided p-value of "these ranks are uniform" against "they are low" (remembered):
-    the normal approximation to the mean of n uniform ranks, variance 1 / (12 n)."""
-    if not len(ranks):
-        return 1.0
-    z = (float(ranks.mean()) - 0.5) / (12 * len(ranks)) ** -0.5
-    return float(0.5 * torch.erfc(torch.tensor(-z / 2**0.5)))
+    ranked = ~np.isnan(ranks)
+    n = int(ranked.sum())
+    variance = 0.0
+    for label, n_c in zip(*np.unique(forget_y[ranked], return_counts=True), strict=True):
+        m_c = int(np.sum(ref_labels == label))
+        variance += (n_c / n) ** 2 * (n_c + m_c + 1) / (12 * n_c * m_c)
+    return RankedLosses(ranks[ranked], variance)
 
 
 def like_unseen(
@@ -205,13 +228,8 @@ def like_unseen(
 ) -> bool:
     """Whether the forget rows' losses at θ0 rank like held-out ones (`remembered_p` at least
     `rank_test_level`); starts the search trace in the notes and, when so, says it there."""
-    ranks = loss_ranks(model, scorer)
-    row = {
-        "eta": 0.0,
-        "rank": float(ranks.mean()),
-        "p_remembered": remembered_p(ranks),
-        "flipped": 0.0,
-    }
+    ranked = loss_ranks(model, scorer)
+    row = {"eta": 0.0, "rank": ranked.mean, "p_remembered": ranked.remembered_p(), "flipped": 0.0}
     ctx.notes["eta_search"] = [row]
     if row["p_remembered"] < config.rank_test_level:
         return False
@@ -268,9 +286,7 @@ def unseen_matched_eta(
         """(rank reached, few enough flips) at θ0 + η · step."""
         set_step(model, curv, eta, config.clip)
         flipped = float((logits_of(model, probe).argmax(1) != predicted).float().mean())
-        trace.append(
-            {"eta": eta, "rank": float(loss_ranks(model, scorer).mean()), "flipped": flipped}
-        )
+        trace.append({"eta": eta, "rank": loss_ranks(model, scorer).mean, "flipped": flipped})
         return trace[-1]["rank"] >= config.unseen_rank, flipped <= config.max_flips
 
     low, high, at_high = 0.0, None, (False, False)
