@@ -7,16 +7,12 @@ The exact fallback (`retrain`) is the same task with the method overridden in it
 it is a task run of its own with a key of its own.
 
 Once a request's forget samples are erased, only a method that reads none of them can run for it
-(`FORGET_FREE`): `uib.unlearn` refuses an empty forget set, so such a method is run from the
-registry directly on the retain set (`unlearn_without_forget`).
+(`FORGET_FREE`, the registry's `reads_forget=False`: `retrain`), with an empty forget set.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-
-import torch
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from torch import nn
@@ -25,13 +21,13 @@ import uib
 from tasks.registry import config_hash, load_version
 from tasks.settings import Settings
 from uib import methods
-from uib.api import UnlearnReport, param_shift
+from uib.api import UnlearnReport
 from uib.device import select_device
 from uib.samples import Samples
-from uib.train import TrainConfig, to_tensors
+from uib.train import TrainConfig
 
 GPU_TAG = "gpu"
-FORGET_FREE = frozenset({"retrain"})  # registry methods that never read the forget set
+FORGET_FREE = frozenset(m for m in methods.available() if not methods.get(m).reads_forget)
 
 
 def ensure_gpu_limit(limit: int = 1) -> None:
@@ -70,71 +66,21 @@ def unlearn_task(
     """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU."""
     original = load_version(settings, model_version)
     device = select_device(settings.device)
-    if forget is None:
-        candidate, report = unlearn_without_forget(original, retain, settings, recipe, device)
-    else:
-        candidate, report = uib.unlearn(
-            original,
-            forget,
-            retain,
-            settings.method,
-            settings.method_config,
-            train_config=recipe,
-            validation=validation,
-            device=device,
-            seed=settings.scenario.seed,
-        )
+    candidate, report = uib.unlearn(
+        original,
+        retain.take(np.arange(0)) if forget is None else forget,
+        retain,
+        settings.method,
+        settings.method_config,
+        train_config=recipe,
+        validation=validation,
+        device=device,
+        seed=settings.scenario.seed,
+    )
     get_run_logger().info(
         "%s on %s: %.2f s %s", settings.method, device, report.time_s, report.phase_seconds
     )
     return candidate.cpu().eval(), report
-
-
-def unlearn_without_forget(
-    original: nn.Module, retain: Samples, settings: Settings, recipe: TrainConfig, device
-) -> tuple[nn.Module, UnlearnReport]:
-    """A `FORGET_FREE` method on the retain set alone, reported as `uib.unlearn` reports it."""
-    if settings.method not in FORGET_FREE:
-        raise ValueError(
-            f"method {settings.method!r} reads the forget set, which is erased; "
-            f"only {sorted(FORGET_FREE)} can run"
-        )
-    entry = methods.get(settings.method)
-    config = entry.config_cls.model_validate(settings.method_config)
-    original = copy.deepcopy(original).to(device).eval()
-    rx, ry = to_tensors(retain, device)
-    nothing = torch.empty((0, *rx.shape[1:]), dtype=rx.dtype, device=device)
-    ctx = methods.UnlearnContext(
-        original=original,
-        forget_x=nothing,
-        forget_y=ry[:0],
-        retain_x=rx,
-        retain_y=ry,
-        val_x=None,
-        val_y=None,
-        device=device,
-        train_config=recipe,
-        num_classes=original.spec.num_classes,
-        seed=settings.scenario.seed,
-        progress=False,
-    )
-    torch.manual_seed(settings.scenario.seed)
-    start = time.perf_counter()
-    result = entry.run(copy.deepcopy(original), ctx, config).eval()
-    report = UnlearnReport(
-        method=settings.method,
-        config=config.model_dump(),
-        losses=ctx.losses,
-        loss_curve=ctx.loss_curve,
-        param_shift=param_shift(original, result),
-        phase_seconds=ctx.phase_seconds,
-        time_s=time.perf_counter() - start,
-        n_forget=0,
-        n_retain=len(retain),
-        device=str(device),
-        notes={"forget_set": "erased before this run"},
-    )
-    return result, report
 
 
 def candidate_key(

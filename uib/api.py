@@ -31,11 +31,18 @@ class UnlearnReport(BaseModel):
 
 
 def check_request(
-    model: nn.Module, forget: Samples, retain: Samples, validation: Samples | None
+    model: nn.Module,
+    forget: Samples,
+    retain: Samples,
+    validation: Samples | None,
+    reads_forget: bool = True,
 ) -> int:
-    """Refuse what no method can honour, naming the problem; returns the number of classes."""
+    """Refuse what no method can honour, naming the problem; returns the number of classes.
+
+    An empty forget set is refused unless the method reads none of it (`retrain`, run for a
+    request whose forget samples are already erased)."""
     num_classes = model.spec.num_classes
-    if len(forget) == 0:
+    if len(forget) == 0 and reads_forget:
         raise DataError("forget set is empty: nothing to unlearn")
     if len(retain) == 0:
         raise DataError("retain set is empty: the forget set is the whole training set")
@@ -88,7 +95,7 @@ def unlearn(
         if isinstance(config, entry.config_cls)
         else entry.config_cls.model_validate(config or {})
     )
-    num_classes = check_request(model, forget, retain, validation)
+    num_classes = check_request(model, forget, retain, validation, entry.reads_forget)
     device = select_device(device or "auto")
     original = copy.deepcopy(model).to(device).eval()
     work = copy.deepcopy(original)

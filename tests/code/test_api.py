@@ -128,3 +128,21 @@ def test_wrong_image_shape_is_named(model):
     )
     with pytest.raises(DataError, match="forget: images of shape"):
         uib.unlearn(model, other, toy(), "uib")
+
+
+def test_only_a_method_that_reads_no_forget_sample_runs_on_an_empty_forget_set(digits):
+    """Once a request's forget samples are erased, `retrain` can still run; UIB cannot."""
+    import numpy as np
+
+    from uib.models import build_model
+    from uib.samples import DataError
+    from uib.train import TrainConfig
+
+    model = build_model("mlp", digits.image_shape, digits.num_classes)
+    nothing = digits.train.take(np.arange(0))
+    _, report = uib.unlearn(
+        model, nothing, digits.train, "retrain", train_config=TrainConfig(epochs=1), progress=False
+    )
+    assert report.n_forget == 0 and report.n_retain == len(digits.train)
+    with pytest.raises(DataError, match="forget set is empty"):
+        uib.unlearn(model, nothing, digits.train, "uib", progress=False)

@@ -83,17 +83,20 @@ class Method:
     config_cls: type[MethodConfig]
     run: MethodFn
     summary: str
+    reads_forget: bool = True
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type[MethodConfig]) -> Callable[[MethodFn], MethodFn]:
+def register(
+    name: str, config_cls: type[MethodConfig], reads_forget: bool = True
+) -> Callable[[MethodFn], MethodFn]:
     def wrap(fn: MethodFn) -> MethodFn:
         if name in REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        REGISTRY[name] = Method(name, config_cls, fn, summary)
+        REGISTRY[name] = Method(name, config_cls, fn, summary, reads_forget)
         return fn
 
     return wrap

@@ -25,7 +25,7 @@ class RetrainConfig(MethodConfig):
     """No knobs: `retrain` uses the original's recipe (`train_config`), never a shorter one."""
 
 
-@register("retrain", RetrainConfig)
+@register("retrain", RetrainConfig, reads_forget=False)
 def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.Module:
     """Train from scratch on the retain set: the gold standard every metric is compared with."""
     recipe = ctx.train_config
