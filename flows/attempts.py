@@ -121,22 +121,23 @@ def run_attempt(job: Job, settings: Settings, fallback_for: str | None) -> Attem
         unlearn_remotely(settings, request_id, job.parent, job.after, job.recipe)
     else:  # a retry after the erasure runs here: the step's deployment reads the staged set
         ensure_gpu_limit()
+    # after the erasure, an empty forget set: a forget-free method runs, its gates are not measured
+    forget = job.forget if job.forget is not None else job.retain.take(np.arange(0))
     candidate, report = run_unlearning(
         settings,
         request_id,
         job.parent,
         job.after.dvc_md5,
-        job.forget,
+        forget,
         job.retain,
         job.held_out,
         job.recipe,
     )
-    erased = job.retain.take(np.arange(0))  # no forget sample: its gates are not measured
     gates = evaluate_candidate(
         job.original,
         candidate,
         job.retain,
-        job.forget if job.forget is not None else erased,
+        forget,
         job.test,
         job.scenario,
         settings.gates,

@@ -12,7 +12,6 @@ Once a request's forget samples are erased, only a method that reads none of the
 
 from __future__ import annotations
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from torch import nn
@@ -58,7 +57,7 @@ def ensure_gpu_limit(limit: int = 1) -> None:
 def unlearn_task(
     settings: Settings,
     model_version: str,
-    forget: Samples | None,
+    forget: Samples,
     retain: Samples,
     validation: Samples,
     recipe: TrainConfig,
@@ -68,7 +67,7 @@ def unlearn_task(
     device = select_device(settings.device)
     candidate, report = uib.unlearn(
         original,
-        retain.take(np.arange(0)) if forget is None else forget,
+        forget,
         retain,
         settings.method,
         settings.method_config,
@@ -104,7 +103,7 @@ def run_unlearning(
     request_id: str,
     model_version: str,
     data_md5: str,
-    forget: Samples | None,
+    forget: Samples,
     retain: Samples,
     validation: Samples,
     recipe: TrainConfig,
