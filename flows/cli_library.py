@@ -63,7 +63,7 @@ def benchmark(
             corruption=corruption,
             epochs=epochs,
             device=device,
-            counts=[int(c) for c in csv_list(counts)] if counts else None,
+            counts=parse_counts(counts),
             method_configs=method_overrides(set_),
             noise_floor=noise_floor,
         )
@@ -79,6 +79,16 @@ def benchmark(
         raise typer.Exit(2) from error
     typer.echo((out / "results.md").read_text())
     typer.echo(f"wrote {out / 'results.csv'}")
+
+
+def parse_counts(value: str | None) -> list[int] | None:
+    """`--counts 1,2,10` → [1, 2, 10]; a value that is no whole number is refused by name."""
+    if not value:
+        return None
+    try:
+        return [int(c) for c in csv_list(value)]
+    except ValueError:
+        raise ValueError(f"--counts {value!r}: expected comma-separated whole numbers") from None
 
 
 def method_names(value: str) -> list[str]:

@@ -173,3 +173,44 @@ def test_memory_scaling_measures_every_retain_size_and_chunk():
         [1000, 64],
     ]
     assert (table.peak_mb >= 0).all() and (table.max_mb >= table.peak_mb).all()
+
+
+def test_benchmark_cli_refuses_counts_that_are_no_numbers_or_no_count_scenario(tmp_path):
+    for args, named in (
+        (["--scenario", "random", "--counts", "1,x"], "--counts"),
+        (["--scenario", "patch-bias", "--counts", "3"], "counts"),
+    ):
+        refused = CliRunner().invoke(app, ["benchmark", *args, "--out", str(tmp_path)])
+        assert refused.exit_code == 2 and named in refused.output, refused.output
+        assert not (tmp_path / "results.csv").exists()
+
+
+def test_counts_unlearn_every_size_from_one_original_and_report_against_it(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "digits",
+            "--scenario",
+            "random",
+            "--counts",
+            "1,10",
+            "--methods",
+            "uib",
+            "--seeds",
+            "1",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(table.forget_size.unique()) == [1, 10]
+    originals = table[table.method == "original"]
+    assert len(originals) == 2 and originals.TA.nunique() == 1  # one original for both sizes
+    report = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert report.exit_code == 0 and "Against the original of each seed" in report.output
+    assert "| 10 | uib |" in report.output
