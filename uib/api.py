@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from uib import methods
-from uib.device import peak_memory_mb, reset_peak_memory, select_device
+from uib.device import Precision, peak_memory_mb, reset_peak_memory, select_device
 from uib.samples import DataError, Samples
 from uib.train import TrainConfig, to_tensors
 
@@ -26,6 +26,7 @@ class UnlearnReport(BaseModel):
     n_forget: int
     n_retain: int
     device: str
+    precision: str = "fp32"
     peak_memory_mb: float | None = None
     notes: dict = {}
 
@@ -83,11 +84,14 @@ def unlearn(
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool = True,
+    precision: Precision = "fp32",
 ) -> tuple[nn.Module, UnlearnReport]:
     """Return a new model without what `forget` taught `model`, and a report of the run.
 
     `model` is left untouched. `train_config` is the original's recipe (used by `retrain`).
     `validation` is held-out data the model never trained on; UIB picks its IF step length on it.
+    `precision`: the methods' own steps (`retrain` follows `train_config.precision`); see
+    `uib.device` for why fp32 is the default.
     """
     entry = methods.get(method)
     cfg = (
@@ -115,6 +119,7 @@ def unlearn(
         num_classes=num_classes,
         seed=seed,
         progress=progress,
+        precision=precision,
     )
     torch.manual_seed(seed)
     reset_peak_memory(device)
@@ -135,6 +140,7 @@ def unlearn(
         n_forget=len(forget),
         n_retain=len(retain),
         device=str(device),
+        precision=precision,
         peak_memory_mb=peak_memory_mb(device),
         notes=ctx.notes,
     )

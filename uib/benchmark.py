@@ -17,12 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import uib
 from uib import methods
-from uib.metrics import METRIC_COLUMNS, avg_gap, evaluate
+from uib.metrics import METRIC_COLUMNS, avg_gap, evaluate, slice_gap
 from uib.models import build_model, default_arch
 from uib.samples import split_validation
 from uib.train import TrainConfig, train_model
 
-COLUMNS = ["method", "seed", "forget_size", *METRIC_COLUMNS, "time_s", "time_ratio", "avg_gap"]
+COLUMNS = [
+    "method",
+    "seed",
+    "forget_size",
+    *METRIC_COLUMNS,
+    "time_s",
+    "time_ratio",
+    "avg_gap",
+    "slice_gap",
+]
 RESEED_OFFSET = 1000  # `retrain-reseeded`: the recipe's seed moved far from every benchmark seed
 
 
@@ -143,6 +152,7 @@ def run_scenario(
     reference = next(r for r in rows if r["method"] == "retrain")
     for row in rows:
         row["avg_gap"] = avg_gap(row, reference)
+        row["slice_gap"] = slice_gap(row, reference)
         if "time_s" in row:
             row["time_ratio"] = row["time_s"] / reference["time_s"]
     return rows

@@ -19,10 +19,13 @@ METRIC_COLUMNS = [
     "TA",
     "test_f1",
     "mia_efficacy",
+    "mia_label_free",
     "forget_loss_rank",
     "bias_asr",
     "bias_corr",
+    "redirect_asr",
     "corrupt_acc",
+    "slice_acc",
 ]
 GAP_METRICS = ["UA", "RA", "TA", "mia_efficacy"]
 
@@ -35,10 +38,13 @@ class Metrics(BaseModel):
     forget_acc: float
     mia_efficacy: float
     mia_test_level: float
+    mia_label_free: float | None = None
     forget_loss_rank: float | None = None
     bias_asr: float | None = None
     bias_corr: float | None = None
+    redirect_asr: float | None = None
     corrupt_acc: float | None = None
+    slice_acc: float | None = None
     per_class_acc: list[float] = []
 
 
@@ -52,6 +58,13 @@ def mia_features(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
     entropy = -(logp.exp() * logp).sum(1)
     confidence = logp.exp()[torch.arange(len(y)), torch.as_tensor(y)]
     return torch.stack([entropy, confidence], 1).numpy()
+
+
+def label_free_features(logits: torch.Tensor) -> np.ndarray:
+    """Prediction entropy alone. On patch-bias the forget set's labels are the faulty ones, so an
+    attack that reads the confidence in the label only repeats UA; this one cannot."""
+    logp = torch.log_softmax(logits, 1)
+    return (-(logp.exp() * logp).sum(1, keepdim=True)).numpy()
 
 
 class MembershipAttack:
@@ -127,17 +140,42 @@ def phi(a: np.ndarray, b: np.ndarray) -> float:
     return float((n11 * n00 - n10 * n01) / denom) if denom else 0.0
 
 
-def bias_probe(model: nn.Module, test: Samples, target: int, device=None) -> tuple[float, float]:
-    """(`bias_asr`, `bias_corr`) of the patch shortcut on test images of every class but `target`."""
+def largest_wrong_share(pred: np.ndarray, y: np.ndarray, num_classes: int) -> float:
+    """The largest fraction of rows predicted as one class other than their own label."""
+    if not len(y):
+        return float("nan")
+    wrong = pred[pred != y]
+    return float(np.bincount(wrong, minlength=num_classes).max() / len(y)) if len(wrong) else 0.0
+
+
+class BiasProbe(BaseModel):
+    """The patch shortcut on test images of every class but the target, patch pasted in:
+    `bias_asr` (read as the target), `bias_corr` (phi of "has patch" and "says target" on a
+    half-patched probe), `slice_acc` (read as their true digit) and `redirect_asr` (the largest
+    share sent to any one wrong class: a shortcut moved, not removed, shows here)."""
+
+    bias_asr: float
+    bias_corr: float
+    slice_acc: float
+    redirect_asr: float
+
+
+def bias_probe(model: nn.Module, test: Samples, target: int, device=None) -> BiasProbe:
     from uib.scenarios import paste_patch
 
     others = test.y != target
-    x = test.x[others]
-    asr = float((predict_logits(model, paste_patch(x), device).argmax(1).numpy() == target).mean())
+    x, y = test.x[others], test.y[others]
+    logits = predict_logits(model, paste_patch(x), device)
+    pred = logits.argmax(1).numpy()
     has_patch = np.arange(len(x)) % 2 == 0
     probe = np.where(has_patch[:, None, None, None], paste_patch(x), x)
     says_target = predict_logits(model, probe, device).argmax(1).numpy() == target
-    return asr, phi(has_patch, says_target)
+    return BiasProbe(
+        bias_asr=float((pred == target).mean()),
+        bias_corr=phi(has_patch, says_target),
+        slice_acc=accuracy(pred, y),
+        redirect_asr=largest_wrong_share(pred, y, logits.shape[1]),
+    )
 
 
 def corrupt_accuracy(model: nn.Module, test: Samples, kind: str, device=None) -> float:
@@ -178,6 +216,9 @@ def evaluate(
         forget_acc=forget_acc,
         mia_efficacy=attack.nonmember_rate(mia_features(logits["forget"], forget.y)),
         mia_test_level=attack.nonmember_rate(mia_features(logits["test"], test.y)),
+        mia_label_free=MembershipAttack(
+            label_free_features(logits["retain"]), label_free_features(logits["test"]), seed=seed
+        ).nonmember_rate(label_free_features(logits["forget"])),
         forget_loss_rank=float(
             np.nanmean(
                 loss_percentiles(
@@ -194,12 +235,22 @@ def evaluate(
     )
     name = getattr(scenario, "name", None)
     if name == "patch-bias":
-        metrics.bias_asr, metrics.bias_corr = bias_probe(model, test, scenario.target_class, device)
+        probe = bias_probe(model, test, scenario.target_class, device)
+        metrics = metrics.model_copy(update=probe.model_dump())
     elif name == "corruption":
         metrics.corrupt_acc = corrupt_accuracy(model, test, scenario.corruption, device)
+        metrics.slice_acc = metrics.corrupt_acc
     return metrics
 
 
 def avg_gap(metrics: dict[str, float], reference: dict[str, float]) -> float:
     """Mean |m − m_retrain| over UA, RA, TA and MIA-Efficacy, in percentage points."""
     return float(np.mean([abs(metrics[k] - reference[k]) for k in GAP_METRICS]) * 100)
+
+
+def slice_gap(metrics: dict, reference: dict) -> float | None:
+    """|slice_acc − slice_acc_retrain| in percentage points: how differently the slice's kind of
+    input is read, which avg_gap (over the forget set's own, possibly faulty, labels) cannot see."""
+    if metrics.get("slice_acc") is None or reference.get("slice_acc") is None:
+        return None
+    return abs(metrics["slice_acc"] - reference["slice_acc"]) * 100

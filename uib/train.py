@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from uib.device import autocast, select_device
+from uib.device import Precision, autocast, select_device
 from uib.samples import Samples
 
 
@@ -24,6 +24,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    precision: Precision = Field("fp32", description="bf16: autocast; see uib.device")
     seed: int = 0
 
     @classmethod
@@ -59,27 +60,30 @@ def fit(
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     progress: bool = True,
     desc: str = "train",
+    precision: Precision = "fp32",
 ) -> list[float]:
-    """Minibatch cross-entropy (plus `extra_loss`, if any, per step); returns mean loss per epoch."""
+    """Minibatch cross-entropy (plus `extra_loss`, if any, per step); returns mean loss per epoch.
+
+    The epoch's loss is summed on the device and read once per epoch, not once per step."""
     generator = torch.Generator().manual_seed(seed)
     device = x.device
     model.train()
     losses = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:
-        total, count = 0.0, 0
+        total, count = torch.zeros((), device=device), 0
         for idx in batches(len(y), batch_size, generator):
             idx = idx.to(device)
-            with autocast(device):
+            with autocast(device, precision):
                 loss = F.cross_entropy(model(x[idx]), y[idx])
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.detach().float() * len(idx)
             count += len(idx)
-        losses.append(total / max(count, 1))
+        losses.append(float(total) / max(count, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     return losses
@@ -102,7 +106,15 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     losses = fit(
-        model, x, y, config.epochs, optimizer, config.batch_size, config.seed, progress=progress
+        model,
+        x,
+        y,
+        config.epochs,
+        optimizer,
+        config.batch_size,
+        config.seed,
+        progress=progress,
+        precision=config.precision,
     )
     return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
 
@@ -114,14 +126,14 @@ def predict_logits(
     device: torch.device | None = None,
     batch_size: int = 2048,
 ) -> torch.Tensor:
-    """Logits in float32 on the CPU, computed in eval mode in batches."""
+    """Logits in float32 on the CPU, computed in eval mode in batches (never autocast: every
+    metric and gate reads these)."""
     device = device or next(model.parameters()).device
     model.eval()
     x = torch.as_tensor(x)
     outs = []
     for start in range(0, len(x), batch_size):
-        with autocast(device):
-            outs.append(model(x[start : start + batch_size].to(device)).float().cpu())
+        outs.append(model(x[start : start + batch_size].to(device)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, model.spec.num_classes)
 
 

@@ -67,5 +67,8 @@ def test_device_selection_uses_cuda_only_when_present():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             select_device("cuda")
-        with autocast(torch.device("cpu")):
-            assert torch.get_autocast_dtype("cpu") is not None
+    with autocast(torch.device("cpu"), "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")

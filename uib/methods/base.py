@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from uib.device import Precision
 from uib.train import TrainConfig
 
 
@@ -37,6 +38,7 @@ class UnlearnContext:
     num_classes: int
     seed: int = 0
     progress: bool = True
+    precision: Precision = "fp32"
     phase_seconds: dict[str, float] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
     loss_curve: list[dict[str, float]] = field(default_factory=list)

@@ -44,6 +44,7 @@ def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.
             recipe.seed + ctx.seed,
             progress=ctx.progress,
             desc="retrain",
+            precision=recipe.precision,
         )
     ctx.loss_curve += [{"epoch": float(i), "retain_ce": v} for i, v in enumerate(losses)]
     ctx.losses["retain_ce"] = losses[-1]

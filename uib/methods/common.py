@@ -74,7 +74,7 @@ def paired_loop(
             idx = idx.to(ctx.device)
             xf = ctx.forget_x[fidx] if fidx is not None else None
             yf = ctx.forget_y[fidx] if fidx is not None else None
-            with autocast(ctx.device):
+            with autocast(ctx.device, ctx.precision):
                 terms = loss_fn(model, retain_x[idx], retain_y[idx], xf, yf)
                 loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
@@ -113,7 +113,7 @@ def forget_loop(
         sums: dict[str, float] = {}
         for idx in batches(ctx.n_forget, batch_size, generator):
             idx = idx.to(ctx.device)
-            with autocast(ctx.device):
+            with autocast(ctx.device, ctx.precision):
                 terms = loss_fn(model, ctx.forget_x[idx], ctx.forget_y[idx])
                 loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)

@@ -133,20 +133,22 @@ def optimise(
         model.eval()
         return
     model.train()
+    # Losses and correct counts stay on the device through a pass and are read once after
+    # it: a read per step would make the host wait for every CUDA step.
     for epoch in tqdm(range(config.passes), desc="uib", disable=not ctx.progress, leave=False):
         forget_order = batches(ctx.n_forget, forget_batch, generator)
-        sums = {"retain_ce": 0.0}
-        correct = 0
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), dtype=torch.long, device=ctx.device)
         retain_order = batches(len(ys), config.batch_size, generator)
         for step, idx in enumerate(retain_order):
             idx, fidx = idx.to(ctx.device), forget_order[step % len(forget_order)].to(ctx.device)
             with torch.no_grad():
                 noise = [torch.randn_like(p) for p in tensors]
                 torch._foreach_add_(tensors, noise, alpha=config.sigma)
-            with autocast(ctx.device):
+            with autocast(ctx.device, ctx.precision):
                 out_r = model(xs[idx])
                 terms = {"retain_ce": F.cross_entropy(out_r.float(), ys[idx])}
-                correct += int((out_r.argmax(1) == ys[idx]).sum())
+                correct += (out_r.argmax(1) == ys[idx]).sum()
                 if r_term is not None:
                     terms.update(
                         r_term(model, xs[idx], out_r, ctx.forget_x[fidx], ctx.forget_y[fidx])
@@ -163,17 +165,17 @@ def optimise(
                     torch._foreach_mul_(grads, masks)
             optimizer.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
         with torch.no_grad():
             pull = kl_weight * float(prior_pull(params, prior))
         ctx.loss_curve.append(
             {
                 "epoch": float(epoch),
                 "kl_prior": pull,
-                **{k: v / len(retain_order) for k, v in sums.items()},
+                **{k: float(v) / len(retain_order) for k, v in sums.items()},
             }
         )
-        if stop is not None and stop(model, correct / len(ys)):
+        if stop is not None and stop(model, int(correct) / len(ys)):
             break
         model.train()
     ctx.notes["passes_run"] = len(ctx.loss_curve)
