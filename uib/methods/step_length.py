@@ -32,6 +32,7 @@ from torch import nn
 from uib.curvature import summed_gradient
 from uib.methods.base import UnlearnContext, register
 from uib.methods.if_step import (
+    REMOVAL_TARGETS,
     Curvature,
     CurvatureConfig,
     ForgetScore,
@@ -39,6 +40,7 @@ from uib.methods.if_step import (
     logits_of,
     measure_curvature,
     set_step,
+    use_removal_target,
 )
 from uib.metrics import loss_percentiles, per_sample_loss
 from uib.prior import damping
@@ -119,7 +121,7 @@ def detect_regime(
     xa, ya = ctx.forget_x[half_a], ctx.forget_y[half_a]
     xb, yb = ctx.forget_x[half_b], ctx.forget_y[half_b]
     with torch.enable_grad():
-        g_a = summed_gradient(model, xa, ya)
+        g_a = summed_gradient(model, xa, ya, loss_fn=REMOVAL_TARGETS[config.removal_target])
     direction = {
         name: g_a[name] / (ctx.n_retain * (f_r + damping(f_r, config.lam_scale)))
         for name, f_r in curv.retain.fisher.items()
@@ -136,7 +138,7 @@ def detect_regime(
 
     base, specific = confidences(), None
     mean_a0, mean_v0 = float(base[0].mean()), class_matched_mean(base[2], vy, yb)
-    for eta in sorted(config.eta_grid)[::2]:
+    for eta in sorted(config.eta_grid):
         set_step(model, curv, eta, config.clip, direction=direction)
         drops = [b - c for b, c in zip(base, confidences(), strict=True)]
         drop_a, drop_v = float(drops[0].mean()), class_matched_mean(drops[2], vy, yb)
@@ -329,6 +331,8 @@ def select_eta(
         ctx.notes["regime"] = regime.model_dump()
         if regime.kind == "systematic":
             return knee_eta(model, ctx, curv, config, scorer, mask)
+        if config.removal_target != "cross-entropy":
+            use_removal_target(model, ctx, curv, config, "cross-entropy")
         return unseen_matched_eta(model, ctx, curv, config, scorer)
 
 

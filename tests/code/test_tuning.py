@@ -1,0 +1,45 @@
+"""Baselines tuned as UIB was: the grid search picks by its rule, and the registry's defaults are
+what the recorded tuning picked."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from uib import methods
+from uib.tuning import TUNING_GRIDS, TuningConfig, grid_points, run_tuning
+
+RECORDED = Path(__file__).parents[2] / "docs" / "results" / "tuning-digits" / "best.json"
+
+
+def test_a_tuning_run_keeps_the_configuration_with_the_lowest_mean_avg_gap(tmp_path):
+    grids = {"finetune": {"lr": [1e-4, 3e-3], "epochs": [1, 3]}}
+    config = TuningConfig(
+        methods=["finetune"], grids=grids, scenarios=["patch-bias"], seeds=[0], progress=False
+    )
+    best = run_tuning(config, tmp_path)
+    table = pd.read_csv(tmp_path / "tuning.csv")
+    assert len(table) == len(grid_points("finetune", grids)) == 4
+    assert table["avg_gap"].nunique() > 1
+    winner = table.loc[table["avg_gap"].idxmin()]
+    assert best.loc[0, "config"] == winner["config"]
+    stored = json.loads((tmp_path / "best.json").read_text())
+    assert stored["best"]["finetune"] == json.loads(winner["config"])
+
+
+def test_the_registry_defaults_are_the_recorded_tuning_winners():
+    recorded = json.loads(RECORDED.read_text())
+    assert set(recorded["best"]) == set(TUNING_GRIDS)
+    for name, fields in recorded["best"].items():
+        defaults = methods.get(name).config_cls().model_dump()
+        assert {k: defaults[k] for k in fields} == fields, name
+
+
+def test_a_method_without_a_grid_or_a_grid_value_its_config_refuses_is_named(tmp_path):
+    with pytest.raises(ValueError, match="no tuning grid for 'uib'"):
+        run_tuning(TuningConfig(methods=["uib"], progress=False), tmp_path)
+    bad = {"finetune": {"lr": [-1.0]}}
+    with pytest.raises(ValueError, match="lr"):
+        run_tuning(TuningConfig(methods=["finetune"], grids=bad, progress=False), tmp_path)
+    assert not (tmp_path / "tuning.csv").exists()
