@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from flows.outcome import RequestRefused
 from tasks.data_versioning import DataRepo
-from tasks.requests import PARKED, DeletionRequest, RequestLedger, Resolved
+from tasks.intake import Resolved
+from tasks.requests import PARKED, DeletionRequest, RequestLedger
 from tasks.settings import Settings
 from tasks.validation import ValidationReport, validate_shift_task
 

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 
 import typer
 
+from flows.cli_input import BadArgument, parse_where, read_ids_file
 from flows.cli_library import library_app
+from flows.cli_output import (
+    Terminal,
+    clean_failures,
+    expected_failures,
+    fail,
+    held_lines,
+    outcome_lines,
+    progress,
+)
+from flows.lifecycle import handle_termination, prefect_api
 from tasks.quiet import quiet_prefect
 
 app = typer.Typer(
@@ -14,6 +27,17 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(
+        False, "--debug", help="show the tracebacks behind a refusal or failure"
+    ),
+) -> None:
+    """Machine unlearning with UIB: benchmark, train, delete, review."""
+    Terminal.debug = debug
+    handle_termination()
 
 
 app.add_typer(library_app)
@@ -50,32 +74,35 @@ def train() -> None:
     """Run the `train` flow: version the dataset, train the original, register it as champion."""
     quiet_prefect()
     settings = load_settings()
+    progress(
+        f"train: versioning the dataset and training the original in {settings.home}/ "
+        "(Prefect's temporary server starts first unless PREFECT_API_URL is set)…"
+    )
     from flows.train import train_flow
 
     try:
-        result = train_flow(settings.overrides())
+        with clean_failures(Terminal.debug), prefect_api():
+            result = train_flow(settings.overrides())
     except Exception as error:
-        typer.echo(f"error: training failed: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise fail("error: training failed", error) from error
     how = "trained and registered" if result["trained"] else "already registered"
     typer.echo(f"champion: version {result['model_version']} ({how})")
-
-
-def parse_where(items: list[str]) -> dict[str, str]:
-    where = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected ATTR=VALUE, got {item!r}", param_hint="--where")
-        where[key.strip()] = value.strip()
-    return where
 
 
 @request_app.command("delete")
 def request_delete(
     ids: list[str] | None = typer.Option(None, "--ids", help="sample ids to forget (repeatable)"),
+    ids_file: Path | None = typer.Option(
+        None,
+        "--ids-file",
+        help="a file of sample ids to forget, one per line (blank lines ignored); for large "
+        "requests",
+        dir_okay=False,
+    ),
     where: list[str] | None = typer.Option(
-        None, "--where", help="ATTR=VALUE predicate (repeatable, ANDed)"
+        None,
+        "--where",
+        help="ATTR=VALUE predicate (repeatable, ANDed: the same ATTR twice must hold both)",
     ),
     request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
     reason: str = typer.Option("", "--reason", help="why the data must go"),
@@ -86,90 +113,122 @@ def request_delete(
 ) -> None:
     """Honour one deletion request.
 
-    With PREFECT_API_URL set: check it, record it as pending and emit `uib.deletion.requested`
-    for the `unlearn-on-event` deployment; print the request id and return (follow it with
-    `uib requests`). Otherwise run the `unlearn` flow here; exit 1 with the reason when it is
-    refused or fails a gate.
+    Both modes first check it: exit 2 naming the field, with nothing recorded, when it is
+    malformed or cannot apply to the current data version. With PREFECT_API_URL set: record
+    it as pending and emit `uib.deletion.requested` for the `unlearn-on-event` deployment;
+    print the request id and return (follow it with `uib requests`). Otherwise run the
+    `unlearn` flow here; exit 1 with the reason when it is refused or fails a gate.
     """
     quiet_prefect()
+    progress("request delete: checking the request against the current data version…")
     import pydantic
 
     from tasks.requests import DeletionRequest
 
+    try:
+        listed = [*(ids or []), *(read_ids_file(ids_file) if ids_file else [])]
+        clauses = parse_where(where) if where else None
+    except BadArgument as error:
+        raise invalid(error.option, error) from error
     fields = {
-        "sample_ids": ids or None,
-        "where": parse_where(where) if where else None,
+        "request_id": request_id or f"req-{uuid.uuid4().hex[:12]}",
+        "sample_ids": listed or None,
+        "where": clauses,
         "reason": reason,
         "allow_class_removal": allow_class_removal,
     }
-    if request_id:
-        fields["request_id"] = request_id
     try:
         request = DeletionRequest(**fields)
     except pydantic.ValidationError as error:
         raise invalid("request", error) from error
     settings = load_settings()
+    existing = check_request(request, settings)
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() and not run_here:
-        typer.echo(json.dumps(submit_by_event(request, settings)))
+        typer.echo(json.dumps(submit_by_event(request, settings, existing)))
         return
-    from flows.unlearn import unlearn_flow
+    from tasks.review_page import selection_text
+
+    progress(
+        f"request {request.request_id} ({selection_text(request)}): running the unlearn flow "
+        "here — validate, version the data, unlearn, gate, register, erase…"
+    )
+    from flows.unlearn import GatesFailed, unlearn_flow
 
     try:
-        outcome = unlearn_flow(request.model_dump(mode="json"), settings.overrides())
+        with clean_failures(Terminal.debug), prefect_api():
+            outcome = unlearn_flow(request.model_dump(mode="json"), settings.overrides())
     except Exception as error:
-        typer.echo(f"request {request.request_id} not approved: {error}", err=True)
-        raise typer.Exit(1) from error
-    keys = ("request_id", "state", "model_version", "parent_model_version", "duplicate")
+        exit_code = fail(f"request {request.request_id} not approved", error, expected_failures())
+        if isinstance(error, GatesFailed):
+            for line in held_lines(error.outcome.model_dump(mode="json")):
+                typer.echo(line, err=True)
+        raise exit_code from error
+    for line in outcome_lines(outcome, settings.model_name, settings.champion_alias):
+        typer.echo(line, err=True)
+    keys = (
+        "request_id",
+        "state",
+        "model_version",
+        "parent_model_version",
+        "duplicate",
+        "n_forgotten",
+        "mlflow_url",
+    )
     typer.echo(json.dumps({k: outcome.get(k) for k in keys}))
 
 
-def submit_by_event(request, settings) -> dict:
-    """The up-front checks, the ledger, then the event; exits 2 on bad input, 1 when refused."""
+def check_request(request, settings):
+    """What both modes check before anything is recorded or run; the ledger's record of the
+    request, if any. Exit 2 naming the field when the request cannot apply as written
+    (unknown ids or attributes, a predicate matching nothing, a reused id with other content),
+    1 when there is no data version to apply it to."""
     from tasks.data_versioning import DataRepo
-    from tasks.events import emit_deletion_request
-    from tasks.requests import RequestLedger, RequestState
-    from uib.samples import DataError
-    from uib.scenarios import select_forget
+    from tasks.intake import Intake, RequestInvalid
+    from tasks.requests import RequestLedger
 
-    ledger = RequestLedger(settings.ledger_path)
+    if not (settings.data_repo / ".dvc").is_dir():
+        typer.echo("error: no data version yet: run `uib train` first", err=True)
+        raise typer.Exit(1)
+    ledger = RequestLedger(settings.ledger_path) if settings.ledger_path.exists() else None
     try:
-        existing = ledger.get(request.request_id)
-    except KeyError:
-        existing = None
+        return Intake(DataRepo(settings.data_repo), ledger).check(request)
+    except RequestInvalid as error:
+        raise invalid("request", error) from error
+
+
+def submit_by_event(request, settings, existing) -> dict:
+    """After `check_request`: the ledger, then the event; exit 2 for a request too large to
+    travel as an event, 1 when the event is not delivered."""
+    from tasks.events import emit_deletion_request, event_too_large
+    from tasks.requests import RequestLedger, RequestState
+
     settled = (
         RequestState.APPROVED,
         RequestState.RUNNING,
         RequestState.HELD,
         RequestState.WITHDRAWN,
     )  # held: reviewed with `uib request …`, not sent again
-    if existing is not None and (existing.state in settled or existing.reviews):
-        try:
-            ledger.submit(request)  # refuses the same id with other content
-        except ValueError as error:
-            raise invalid("request", error) from error
+    ledger = RequestLedger(settings.ledger_path)
+    orphaned = existing is not None and ledger.owner_gone(existing)  # its run was killed
+    if existing is not None and not orphaned and (existing.state in settled or existing.reviews):
         return {
             "request_id": request.request_id,
             "state": existing.state.value,
             "event_id": None,
             "duplicate": True,
         }
-    if not (settings.data_repo / ".dvc").is_dir():
-        typer.echo("error: no data version yet: run `uib train` first", err=True)
-        raise typer.Exit(1)
+    if why := event_too_large(request):
+        raise invalid("request", ValueError(why))
     try:
-        select_forget(
-            DataRepo(settings.data_repo).load_manifest(),
-            ids=request.sample_ids,
-            where=request.where,
-        )
         record, _ = ledger.submit(request)
-    except (DataError, ValueError) as error:
+    except ValueError as error:  # sent with other content since `check_request`
         raise invalid("request", error) from error
-    rerun = record.state in (RequestState.REJECTED, RequestState.FAILED)
+    rerun = record.state in (RequestState.REJECTED, RequestState.FAILED) or bool(orphaned)
     if rerun:
-        record = ledger.update(request.request_id, RequestState.PENDING, "submitted again")
+        why = f"submitted again: {orphaned}" if orphaned else "submitted again"
+        record = ledger.update(request.request_id, RequestState.PENDING, why)
     try:
         event = emit_deletion_request(request, record.updated_at.isoformat() if rerun else "")
     except Exception as error:
@@ -242,18 +301,19 @@ def review_command(
         Settings(**{**settings.overrides(), "method": method, "method_config": {}})
     except pydantic.ValidationError as error:
         raise invalid("--method", error) from error
+    if action == "retry":
+        progress(f"retry of request {request_id}: running the unlearn flow here with `{method}`…")
     from flows.review import ReviewRefused, review_request
 
     try:
-        result = review_request(settings, request_id, review, method)
+        with clean_failures(Terminal.debug), prefect_api():
+            result = review_request(settings, request_id, review, method)
     except KeyError as error:
         raise invalid("request_id", error.args[0]) from error
     except ReviewRefused as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise fail("error", error, (ReviewRefused,)) from error
     except Exception as error:  # a retry's run: refused, held again, or crashed
-        typer.echo(f"request {request_id} not approved: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise fail(f"request {request_id} not approved", error, expected_failures()) from error
     typer.echo(result.model_dump_json())
 
 
@@ -286,7 +346,8 @@ def list_requests(as_json: bool = typer.Option(False, "--json", help="one JSON a
             "model_version": r.model_version,
             "batch_id": r.batch_id,
             "message": r.message,
-            "requested_at": r.request.requested_at.isoformat(),
+            "requested_at": r.request.requested_at.isoformat(),  # the sender's claim
+            "received_at": r.received_at.isoformat(),  # the ledger's: the queue's order
             "updated_at": r.updated_at.isoformat(),
             "reviews": [v.model_dump(mode="json") for v in r.reviews],
         }
@@ -310,13 +371,17 @@ def demo() -> None:
     """The main job on `digits`: train if needed, delete the faulty source's samples, review."""
     quiet_prefect()
     settings = load_settings()
+    progress(
+        f"demo: state folder {settings.home}/, MLflow at {settings.tracking_uri}; loading the "
+        "pipeline and starting Prefect's temporary server (about 10–20 s)…"
+    )
     from flows.demo import run_demo, summary
 
     try:
-        result = run_demo(settings)
+        with clean_failures(Terminal.debug), prefect_api():
+            result = run_demo(settings, progress)
     except Exception as error:
-        typer.echo(f"demo request not approved: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise fail("demo request not approved", error, expected_failures()) from error
     typer.echo(summary(settings, result))
 
 

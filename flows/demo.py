@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
 
+from flows.cli_output import review_hint
 from tasks.requests import DeletionRequest
+from tasks.review_page import mlflow_ui_command, mlflow_version_url
 from tasks.settings import Settings
 
 DEMO_REQUEST = DeletionRequest(
@@ -21,17 +25,23 @@ class DemoResult(BaseModel):
     champion_version: str
 
 
-def run_demo(settings: Settings) -> DemoResult:
+def run_demo(settings: Settings, progress: Callable[[str], None] = lambda line: None) -> DemoResult:
     """Train the original if none is registered, then honour the demo's deletion request.
 
     The request id is fixed, so a second run finds the request approved and registers nothing.
+    `progress` hears, in a line, each step as it starts.
     """
     from flows.train import train_flow
     from flows.unlearn import unlearn_flow
     from tasks.registry import champion, client_for
 
     overrides = settings.overrides()
+    progress("1/2 the original: version the dataset and train it, unless one is registered…")
     trained = train_flow(overrides)["trained"]
+    progress(
+        f"2/2 deletion request {DEMO_REQUEST.request_id} (where {DEMO_REQUEST.where}): "
+        "validate, version the data, unlearn, gate, register, erase…"
+    )
     outcome = unlearn_flow(DEMO_REQUEST.model_dump(mode="json"), overrides)
     current = champion(client_for(settings), settings)
     return DemoResult(trained=trained, outcome=outcome, champion_version=str(current.version))
@@ -46,10 +56,12 @@ def summary(settings: Settings, result: DemoResult) -> str:
         if outcome["duplicate"]
         else f"UIB took {outcome['unlearn_time_s']:.2f} s"
     )
+    removed = outcome.get("n_forgotten")
     lines = [
         f"Original model: {'trained and registered' if result.trained else 'already registered'}",
-        f"Deletion request {outcome['request_id']} ({DEMO_REQUEST.where}): "
+        f"Deletion request {outcome['request_id']} (where {DEMO_REQUEST.where}): "
         f"{outcome['state']} ({how})",
+        *([f"Removed {removed} samples from the training data."] if removed else []),
         "",
         f"{'metric':<14}{'before':>9}{'after':>9}",
     ]
@@ -76,7 +88,13 @@ def summary(settings: Settings, result: DemoResult) -> str:
         f"Data version {outcome['data_version_before']['git_rev'][:10]} → "
         f"{outcome['data_version_after']['git_rev'][:10]}; audit record: {outcome['audit_path']}",
         "",
-        "Review it in the MLflow UI:",
-        f"  .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}",
+        *review_hint(
+            {
+                "mlflow_url": mlflow_version_url(
+                    settings.tracking_uri, settings.model_name, outcome["model_version"]
+                ),
+                "mlflow_ui": mlflow_ui_command(settings.tracking_uri),
+            }
+        ),
     ]
     return "\n".join(lines)

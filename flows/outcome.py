@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from tasks.data_versioning import DataVersion
 from tasks.gate_report import GateReport
 from tasks.requests import DeletionRequest, RequestState
+from tasks.review_page import mlflow_ui_command, mlflow_version_url, selection_text
+from tasks.settings import Settings
 
 
 class RequestRefused(Exception):
@@ -47,10 +49,46 @@ class Outcome(BaseModel):
         None, description="the rejected version the exact fallback (`retrain`) stands in for"
     )
     note: str = ""
+    n_forgotten: int | None = Field(None, description="samples removed from the training data")
+    mlflow_url: str | None = Field(None, description="the model version's page in the MLflow UI")
+    mlflow_ui: str | None = Field(
+        None, description="the command that serves a local store's UI at `mlflow_url` first"
+    )
+
+
+def review_links(settings: Settings, model_version: str, n_forgotten: int | None) -> dict:
+    """The Outcome fields that tell a person where to review it and how much was removed."""
+    return {
+        "n_forgotten": n_forgotten,
+        "mlflow_url": mlflow_version_url(settings.tracking_uri, settings.model_name, model_version),
+        "mlflow_ui": mlflow_ui_command(settings.tracking_uri),
+    }
 
 
 def artifact_key(request_id: str) -> str:
     return "request-" + "".join(c if c.isalnum() else "-" for c in request_id.lower())
+
+
+def next_step(request_id: str, state: RequestState, model_version: str | None = None) -> str | None:
+    """What a person does next about a request in `state`, as the exact commands."""
+    review = f'`uib request {{}} {request_id} --by YOUR_NAME --reason "WHY"`'
+    if state == RequestState.HELD:
+        return (
+            f"a reviewer decides: {review.format('approve')} promotes "
+            f"{f'version {model_version}' if model_version else 'the held candidate'} "
+            f"despite the failed gates; {review.format('reject')} closes the request with the "
+            f"champion unchanged; {review.format('retry')} runs the exact `retrain` on the "
+            "retain set under the same gates"
+        )
+    if state == RequestState.REJECTED:
+        return (
+            "nothing was versioned or registered: send a corrected request "
+            "(`uib request delete --where ATTR=VALUE …` or `--ids …`) under a new "
+            f"`--request-id`, or close this one: {review.format('withdraw')}"
+        )
+    if state == RequestState.FAILED:
+        return f"the run crashed; run it again: {review.format('retry')}"
+    return None
 
 
 def publish_outcome(
@@ -59,17 +97,20 @@ def publish_outcome(
     message: str,
     gates: GateReport | None = None,
     details: list[str] = (),
+    model_version: str | None = None,
 ) -> None:
-    """The request's outcome as a Prefect Markdown artifact (one key per request)."""
-    selection = f"{len(request.sample_ids)} ids" if request.sample_ids else f"where {request.where}"
+    """The request's outcome as a Prefect Markdown artifact (one key per request): the verdict,
+    what was selected, the MLflow link, and on a rejection the next step."""
     lines = [
         f"# Deletion request `{request.request_id}`: **{state.value}**",
         "",
         f"- reason: {request.reason or '—'}",
-        f"- selection: {selection}",
+        f"- selection: {selection_text(request)}",
         f"- {message}",
         *(f"- {d}" for d in details),
     ]
+    if step := next_step(request.request_id, state, model_version):
+        lines += ["", f"**Next step:** {step}."]
     if gates is not None:
         lines += ["", "## Gates", "", gates.to_markdown()]
     create_markdown_artifact(
@@ -80,7 +121,17 @@ def publish_outcome(
 
 
 def outcome_details(outcome: Outcome) -> list[str]:
+    """The outcome's facts as artifact lines, the MLflow version page first."""
+    lines = []
+    if outcome.mlflow_url:
+        serve = f" (serve the store first: `{outcome.mlflow_ui}`)" if outcome.mlflow_ui else ""
+        lines.append(
+            f"MLflow: [model version {outcome.model_version}]({outcome.mlflow_url}){serve}"
+        )
+    if outcome.n_forgotten is not None:
+        lines.append(f"removed: {outcome.n_forgotten} samples")
     return [
+        *lines,
         *([outcome.note] if outcome.note else []),
         f"model version: {outcome.model_version} (from {outcome.parent_model_version})",
         f"data version: {outcome.data_version_before.git_rev[:10]} → "

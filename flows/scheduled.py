@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from flows.checks import check_data_matches_champion
 from flows.outcome import RequestRefused
+from flows.recovery import recover_orphans
 from flows.unlearn import unlearn_flow
 from tasks.batching import BatchPlan, plan_batch
 from tasks.data_versioning import DataRepo
@@ -36,6 +37,9 @@ class ScheduledReport(BaseModel):
     batch_id: str | None = None
     state: RequestState | None = None
     blocked: str | None = Field(None, description="why nothing ran, when something blocks")
+    recovered: list[str] = Field(
+        default_factory=list, description="running requests whose run had died, run again first"
+    )
     message: str = ""
 
 
@@ -131,6 +135,8 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
 
         report.inbox = collect_inbox_task(settings).model_dump(mode="json")
     with ledger.serialized():
+        if recovered := recover_orphans(settings, ledger, logger):  # their runs were killed
+            report.recovered = recovered
         reconcile_members(ledger)
         pending = ledger.list(RequestState.PENDING)
         repo = DataRepo(settings.data_repo)

@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 
 from flows.attempts import Attempt, Job, run_attempts
 from flows.checks import check_data_matches_champion, validate
+from flows.finish import erase_and_audit, finish
 from flows.outcome import (
     GatesFailed,
     Outcome,
@@ -39,61 +40,32 @@ from flows.outcome import (
     RequestRefused,
     outcome_details,
     publish_outcome,
+    review_links,
 )
+from flows.recovery import take_over
 from flows.train import recipe
 from tasks.data_versioning import DataRepo, DataVersion, read_staged, version_forget_set
-from tasks.erasure import AuditRecord, audit_path, erase_request, read_audit, update_audit
+from tasks.erasure import AuditRecord, audit_path, read_audit, update_audit
+from tasks.faults import fault_point
+from tasks.intake import resolve_request
+from tasks.ownership import heartbeat
 from tasks.registry import (
     approved_version,
     champion,
     client_for,
-    gate_report_of,
     load_version,
     log_audit,
-    promote,
 )
 from tasks.requests import (
     DeletionRequest,
     RequestLedger,
     RequestState,
     Review,
-    resolve_request,
 )
 from tasks.settings import Settings
 from uib.samples import DataError, split_validation
-from uib.scenarios import select_forget
 
 # --------------------------------------------------------------------------- stages
-
-
-def erase_and_audit(
-    request: DeletionRequest,
-    settings: Settings,
-    before: DataVersion,
-    after: DataVersion,
-    forget_ids: list[str],
-    parent: str,
-    final: Attempt,
-    state: RequestState,
-) -> str:
-    """Erase the forget set and write the audit record, whatever the gates said."""
-    audit = erase_request(
-        settings.data_repo,
-        request.request_id,
-        before,
-        after,
-        forget_ids,
-        settings.salt(),
-        settings.audit_dir,
-        request.requested_at,
-        staged_path=settings.stage_dir(request.request_id) / "forget.npz",
-        model_version_before=parent,
-        model_version_after=final.model_version,
-        gate_results=final.gates.model_dump(mode="json"),
-        model_outcome=state.value,
-    )
-    log_audit(settings, final.run_id, audit["audit_path"])
-    return audit["audit_path"]
 
 
 def process(
@@ -114,6 +86,7 @@ def process(
         resolved = resolve_request(request, settings.data_repo)
     except DataError as error:
         raise RequestRefused(str(error)) from error
+    fault_point("after-resolve")
     validation = validate(request, resolved, settings)
 
     versions = version_forget_set(
@@ -123,6 +96,7 @@ def process(
         settings.stage_dir(request.request_id),
     )
     before, after = (DataVersion.model_validate(versions[k]) for k in ("before", "after"))
+    fault_point("after-versioning")
     forget = read_staged(versions["staged"])
     held_out, test = split_validation(resolved.dataset.test)
     job = Job(
@@ -144,10 +118,12 @@ def process(
         review=review,
     )
     attempts = run_attempts(job)
+    fault_point("after-attempts")
     state = RequestState.APPROVED if attempts[-1].gates.passed else RequestState.HELD
     path = erase_and_audit(
         request, settings, before, after, resolved.forget_ids, parent, attempts[-1], state
     )
+    fault_point("after-erasure")
     return conclude(request, job, attempts, path)
 
 
@@ -233,6 +209,7 @@ def conclude(
         method=final.method,
         fallback_for=fallback.model_version if fallback else None,
         note=note,
+        **review_links(job.settings, final.model_version, job.n_forget),
     )
     if final.gates.passed:
         return outcome
@@ -242,61 +219,6 @@ def conclude(
         final.gates,
         final.model_version,
         outcome,
-    )
-
-
-def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
-    """A run crashed after the candidate was approved: promote it if nothing else moved the
-    champion since, and erase unless the audit record shows it done."""
-    client = client_for(settings)
-    tags, parent = version.tags, version.tags["parent_model_version"]
-    current = champion(client, settings)
-    if current is not None and str(current.version) == parent:
-        promote(client, settings, str(version.version))
-    repo = DataRepo(settings.data_repo)
-    before = repo.version(tags["data_version_before"])
-    after = repo.version(tags["data_version_after"])
-    gates = gate_report_of(version)
-    final = Attempt(
-        method=tags.get("method", ""),
-        model_version=str(version.version),
-        run_id=version.run_id,
-        gates=gates,
-    )
-    if read_audit(settings.audit_dir, request.request_id) is not None:  # erased already
-        update_audit(
-            settings.audit_dir,
-            request.request_id,
-            model_outcome=RequestState.APPROVED.value,
-            model_version_after=final.model_version,
-            gate_results=gates.model_dump(mode="json"),
-        )
-        path = str(audit_path(settings.audit_dir, request.request_id))
-        log_audit(settings, version.run_id, path)
-    else:
-        manifest = repo.load_manifest(before.git_rev)
-        ids = select_forget(manifest, ids=request.sample_ids, where=request.where)
-        path = erase_and_audit(
-            request,
-            settings,
-            before,
-            after,
-            [str(i) for i in ids],
-            parent,
-            final,
-            RequestState.APPROVED,
-        )
-    return Outcome(
-        request_id=request.request_id,
-        state=RequestState.APPROVED,
-        model_version=str(version.version),
-        parent_model_version=parent,
-        gates=gates,
-        data_version_before=before,
-        data_version_after=after,
-        audit_path=path,
-        method=final.method,
-        fallback_for=tags.get("fallback_for"),
     )
 
 
@@ -324,9 +246,11 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
     review = Review.model_validate(review) if review else None
     ledger = RequestLedger(settings.ledger_path)
     logger = get_run_logger()
-    with ledger.exclusive(request.request_id), ledger.serialized():
+    beat = heartbeat(lambda: ledger.beat(request.request_id))
+    with ledger.exclusive(request.request_id), ledger.serialized(), beat:
         record, _ = ledger.submit(request)
         if record.state != RequestState.APPROVED:
+            take_over(record, settings, ledger, logger)  # what a killed run of it left
             reconcile_champion(settings, ledger, logger)
             record = ledger.get(request.request_id)
         if record.state == RequestState.APPROVED:
@@ -363,14 +287,25 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
                 outcome=error.outcome.model_dump(mode="json"),
             )
             publish_outcome(
-                request, RequestState.HELD, str(error), error.report, outcome_details(error.outcome)
+                request,
+                RequestState.HELD,
+                str(error),
+                error.report,
+                outcome_details(error.outcome),
+                error.model_version,
             )
             logger.warning("request %s %s", request.request_id, error)
             raise
         except Exception as error:
-            message = f"{type(error).__name__}: {error}"
+            message = f"{type(error).__name__}: {error}; send the request again to retry it"
             ledger.update(request.request_id, RequestState.FAILED, message)
             publish_outcome(request, RequestState.FAILED, message)
+            raise
+        except BaseException as error:  # Ctrl-C, SIGTERM (flows.lifecycle): not a fault of it
+            message = (
+                f"interrupted ({str(error) or type(error).__name__}); send it again to finish it"
+            )
+            ledger.update(request.request_id, RequestState.FAILED, message)
             raise
         shutil.rmtree(settings.results_dir / request.request_id, ignore_errors=True)
         message = (

@@ -2,7 +2,8 @@
 
 Requests are compatible when they agree on whether a class may vanish, select the same way (an
 attribute predicate — a slice — or a list of ids) and, together, stay under the shift policy's
-forget fraction; they are taken first come, first served. A request whose ids no longer resolve
+forget fraction; they are taken first come, first served (in the order the ledger received
+them, never by the sender's `requested_at`). A request whose ids no longer resolve
 on the current data version is refused on its own, so it never spoils a batch.
 
 Why slices and id lists never share a batch: UIB's prior reads the *systematic* shift of the
@@ -17,9 +18,9 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
+from tasks.predicates import select_samples
 from tasks.requests import DeletionRequest, RequestRecord
 from uib.samples import DataError
-from uib.scenarios import select_forget
 
 
 class BatchPlan(BaseModel):
@@ -53,12 +54,10 @@ def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: floa
     """Pick the batch from `pending` (oldest first) against the current training manifest."""
     train = manifest[manifest["split"] == "train"]
     plan, chosen = BatchPlan(), set()
-    for record in sorted(pending, key=lambda r: r.request.requested_at):
+    for record in sorted(pending, key=lambda r: r.received_at):  # not the sender's claim
         request = record.request
         try:
-            ids = {
-                str(i) for i in select_forget(manifest, ids=request.sample_ids, where=request.where)
-            }
+            ids = {str(i) for i in select_samples(manifest, request.sample_ids, request.where)}
         except DataError as error:
             plan.refused[request.request_id] = str(error)
             continue

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -32,7 +33,9 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo, DataVersion, StorageError, as_id_array
+from tasks.faults import fault_point
 from tasks.requests import Review
+from tasks.retrying import NETWORK_RETRIES
 from uib.samples import DataError
 
 HASH_SCHEME = "hmac-sha256(key=salt, msg=sample_id), hex"
@@ -69,29 +72,77 @@ class ErasureRecord(BaseModel):
     staged_file_deleted: bool
 
 
+class AuditSummary(BaseModel):
+    """The record in a few lines, first in its file: the outcome, what went, the versions, the
+    gates, the erasure, the last review. The facts behind each line follow it."""
+
+    outcome: str = Field(description="approved, held, rejected or withdrawn; `erased` before")
+    forgotten: str = Field(description="how many samples, and how the request selected them")
+    model_versions: str
+    data_versions: str
+    gates: str
+    erased: str
+    last_review: str | None = None
+
+
 class AuditRecord(BaseModel):
+    """A request's audit record. The summary comes first and the salted hashes last, so the file
+    opens on what happened rather than on a hundred hashes."""
+
     request_id: str
-    hash_scheme: str = HASH_SCHEME
-    forgotten_id_hashes: list[str]
+    summary: AuditSummary | None = Field(None, description="None in records written before it")
+    selection: str | None = Field(None, description="`where …` or `N ids`; never the ids")
     n_forgotten: int
+    model_outcome: str | None = Field(
+        None, description="approved, held (for review), rejected or withdrawn; None: not yet"
+    )
     data_version_before: DataVersion
     data_version_after: DataVersion
     model_version_before: str | None
     model_version_after: str | None
-    gate_results: dict[str, Any]
     requested_at: datetime
     completed_at: datetime
+    reviews: list[Review] = Field(default_factory=list, description="review actions, oldest first")
+    notes: list[str]
+    gate_results: dict[str, Any]
+    unrecoverable_revs: list[str]
     purged_object_count: int
     purged_objects: list[str]
-    unrecoverable_revs: list[str]
-    notes: list[str]
-    model_outcome: str | None = Field(
-        None, description="approved, held (for review), rejected or withdrawn; None: not yet"
-    )
-    reviews: list[Review] = Field(default_factory=list, description="review actions, oldest first")
+    hash_scheme: str = HASH_SCHEME
+    forgotten_id_hashes: list[str]
+
+    def summarised(self) -> AuditRecord:
+        """The record with its summary made from its facts (call after every change)."""
+        gates = self.gate_results.get("gates") or []
+        failed = [g.get("name", "?") for g in gates if not g.get("passed", True)]
+        if not gates:
+            gate_line = "not judged"
+        elif failed:
+            gate_line = "failed: " + ", ".join(failed)
+        else:
+            gate_line = f"all {len(gates)} passed"
+        unrecoverable = len(self.unrecoverable_revs)
+        erased = (
+            f"{self.purged_object_count} objects purged from the DVC cache and remote; "
+            f"{unrecoverable} data version{'' if unrecoverable == 1 else 's'} can no longer be "
+            "checked out in full"
+        )
+        last = self.reviews[-1] if self.reviews else None
+        summary = AuditSummary(
+            outcome=self.model_outcome or "erased; model outcome not yet recorded",
+            forgotten=f"{self.n_forgotten} sample{'' if self.n_forgotten == 1 else 's'}"
+            + (f" ({self.selection})" if self.selection else ""),
+            model_versions=f"{self.model_version_before or '—'} → {self.model_version_after or '—'}",
+            data_versions=f"{self.data_version_before.git_rev[:10]} → "
+            f"{self.data_version_after.git_rev[:10]}",
+            gates=gate_line,
+            erased=erased,
+            last_review=f"{last.action} by {last.by}: {last.reason}" if last else None,
+        )
+        return self.model_copy(update={"summary": summary})
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        return self.summarised().model_dump_json(indent=2)
 
 
 def _check_versions(repo: DataRepo, before: DataVersion, after: DataVersion) -> None:
@@ -151,6 +202,7 @@ def erase_forgotten(
             f"(e.g. {missing[:3]}); push before erasing"
         )
     deleted_cache, deleted_remote = repo.delete_objects(purge)
+    fault_point("erasing")
 
     purged = set(purge)
     unrecoverable = [
@@ -188,8 +240,13 @@ def build_audit_record(
     requested_at: datetime,
     completed_at: datetime | None = None,
     model_outcome: str | None = None,
+    selection: str | None = None,
 ) -> AuditRecord:
-    """The audit record of a completed request: hashes, versions, gates, times, what was purged."""
+    """The audit record of a completed request: hashes, versions, gates, times, what was purged.
+
+    `selection` says how the request chose its samples (`where source=faulty`, `2 ids`); the
+    ids themselves appear only as salted hashes.
+    """
     if not request_id.strip():
         raise DataError("request_id: must not be empty")
     return AuditRecord(
@@ -208,7 +265,8 @@ def build_audit_record(
         unrecoverable_revs=erasure.unrecoverable_revs,
         notes=[UNRECOVERABLE_NOTE, SCOPE_NOTE] if erasure.unrecoverable_revs else [SCOPE_NOTE],
         model_outcome=model_outcome,
-    )
+        selection=selection,
+    ).summarised()
 
 
 def audit_path(audit_dir: str | Path, request_id: str) -> Path:
@@ -246,7 +304,7 @@ def update_audit(
     return record
 
 
-@task(name="erase-forgotten")
+@task(name="erase-forgotten", **NETWORK_RETRIES)
 def erase_request(
     repo_root: str | Path,
     request_id: str,
@@ -261,6 +319,7 @@ def erase_request(
     model_version_after: str | None = None,
     gate_results: dict[str, Any] | None = None,
     model_outcome: str | None = None,
+    selection: str | None = None,
 ) -> dict:
     """Erase a request's forgotten bytes and write `audit_dir/<request_id>.json`.
 
@@ -272,7 +331,7 @@ def erase_request(
         DataVersion.model_validate(after),
         forget_ids,
         salt,
-        staged_path,
+        None,  # the staged forget set goes once the record is written: a rerun reads its ids
     )
     record = build_audit_record(
         request_id,
@@ -282,10 +341,15 @@ def erase_request(
         gate_results or {},
         requested_at,
         model_outcome=model_outcome,
+        selection=selection,
     )
     if (earlier := read_audit(audit_dir, request_id)) is not None:  # a rerun keeps the reviews
-        record.reviews = earlier.reviews
+        record = record.model_copy(update={"reviews": earlier.reviews}).summarised()
     Path(audit_dir).mkdir(parents=True, exist_ok=True)
     path = audit_path(audit_dir, request_id)
-    path.write_text(record.to_json() + "\n")
-    return {"audit_path": str(path), **record.model_dump(mode="json")}
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(record.to_json() + "\n")
+    os.replace(partial, path)  # a killed run leaves the old record or the new, never half
+    if staged_path is not None:
+        Path(staged_path).unlink(missing_ok=True)
+    return {"audit_path": str(path), **record.summarised().model_dump(mode="json")}

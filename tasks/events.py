@@ -44,6 +44,26 @@ def deletion_event(request: DeletionRequest, attempt: str = ""):
     )
 
 
+def event_too_large(request: DeletionRequest) -> str | None:
+    """Why the request cannot travel as one event, or None.
+
+    The event carries the whole request (a flow-run parameter too), and Prefect refuses events
+    over `PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES` (1.5 MB by default): about 70,000 ids of
+    twenty characters. Larger requests run with `--run-here`, or in parts.
+    """
+    from prefect.settings import get_current_settings
+
+    size = deletion_event(request).size_bytes
+    limit = get_current_settings().server.events.maximum_size_bytes
+    if size <= limit:
+        return None
+    return (
+        f"sample_ids: {len(request.sample_ids or [])} ids make an event of {size:,} bytes, over "
+        f"Prefect's limit of {limit:,} (PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES): run it "
+        "with --run-here, or send it in parts"
+    )
+
+
 def emit_deletion_request(request: DeletionRequest, attempt: str = "") -> uuid.UUID:
     """Send the event to the configured Prefect server and wait until it is delivered.
 

@@ -1,9 +1,12 @@
 """The S3 inbox: deletion requests arriving as JSON objects under `s3://bucket/prefix/`.
 
-Each new object directly under the prefix is validated (as a `DeletionRequest`, then against
-the current data version), recorded in the ledger, and only then moved to `processed/` or to
-`rejected/` beside `<name>.reason.json`. A crash between the ledger and the move leaves the
-object in the inbox; the next collection finds the request in the ledger and files it.
+Each new object under the prefix, in subfolders too (but for `processed/` and `rejected/`), is
+validated (as a `DeletionRequest`, then against the current data version: `tasks.intake`) and
+only then recorded in the ledger and moved to `processed/`; a refused one goes to `rejected/`
+beside `<name>.reason.json` naming the problem, and the ledger never sees it. The body is read
+strictly: malformed JSON, a key given twice, a string where a boolean belongs and a missing
+`request_id` are refused by name. A crash between the ledger and the move leaves the object in
+the inbox; the next collection finds the request in the ledger and files it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo
+from tasks.intake import Intake, RequestInvalid
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
+from tasks.retrying import NETWORK_RETRIES
 from tasks.settings import Settings
-from uib.samples import DataError
-from uib.scenarios import select_forget
 
 PROCESSED, REJECTED = "processed/", "rejected/"
 MAX_OBJECT_BYTES = 1 << 20
@@ -56,10 +59,26 @@ def describe(error: pydantic.ValidationError) -> str:
     )
 
 
+def no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads`' object hook: a key given twice is refused (JSON would keep the last)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"{key}: the key is given more than once")
+        seen.add(key)
+    return dict(pairs)
+
+
 def read_request(body: bytes) -> DeletionRequest:
     """The object's request; a ValueError says what is wrong with it."""
     if len(body) > MAX_OBJECT_BYTES:
         raise ValueError(f"object of {len(body)} bytes; at most {MAX_OBJECT_BYTES}")
+    try:
+        json.loads(body, object_pairs_hook=no_repeated_keys)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text: {error}") from None
     try:
         return DeletionRequest.model_validate_json(body)
     except pydantic.ValidationError as error:
@@ -74,12 +93,19 @@ class Inbox:
         self.s3 = s3_client(settings)
 
     def new_keys(self) -> list[str]:
-        """Objects directly under the prefix, oldest first: `processed/` and `rejected/` are
-        folders below it, and `.reason.json` files live only there."""
+        """Objects under the prefix, in subfolders too, oldest first; not those already filed
+        under `processed/` or `rejected/` (where the `.reason.json` files live), nor the empty
+        "folder" objects some S3 consoles create."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+            Bucket=self.bucket, Prefix=self.prefix
         )
-        objects = [o for page in pages for o in page.get("Contents", []) if o["Key"] != self.prefix]
+        filed = (self.prefix + PROCESSED, self.prefix + REJECTED)
+        objects = [
+            o
+            for page in pages
+            for o in page.get("Contents", [])
+            if not o["Key"].endswith("/") and not o["Key"].startswith(filed)
+        ]
         return [o["Key"] for o in sorted(objects, key=lambda o: (o["LastModified"], o["Key"]))]
 
     def read(self, key: str) -> bytes:
@@ -114,10 +140,9 @@ def collect_inbox(settings: Settings) -> InboxReport:
     """Read every new request object into the ledger, then file it; see the module's doc."""
     inbox = Inbox(settings)
     ledger = RequestLedger(settings.ledger_path)
+    intake = Intake(DataRepo(settings.data_repo), ledger)
     report = InboxReport()
-    keys = inbox.new_keys()
-    manifest = DataRepo(settings.data_repo).load_manifest() if keys else None
-    for key in keys:
+    for key in inbox.new_keys():
         try:
             request = read_request(inbox.read(key))
         except ValueError as error:
@@ -125,32 +150,28 @@ def collect_inbox(settings: Settings) -> InboxReport:
             inbox.reject(key, report.rejected[key], None)
             continue
         try:
-            record, created = ledger.submit(request)
-        except ValueError as error:  # the same id with other content
+            intake.check(request)
+        except RequestInvalid as error:  # a reused id, unknown ids, a predicate matching none
             report.rejected[key] = str(error)
             inbox.reject(key, str(error), request.request_id)
             continue
+        record, created = ledger.submit(request)
         if not created:
             report.acknowledged.append(request.request_id)
+            # refused by an inbox that recorded its refusals in the ledger
             failed = record.state == RequestState.REJECTED and record.message.startswith("inbox:")
             if failed:
                 inbox.reject(key, record.message, request.request_id)
             else:
                 inbox.move(key, PROCESSED)
             continue
-        try:
-            select_forget(manifest, ids=request.sample_ids, where=request.where)
-        except DataError as error:
-            reason = f"inbox: {error}"
-            ledger.update(request.request_id, RequestState.REJECTED, reason)
-            report.rejected[key] = reason
-            inbox.reject(key, reason, request.request_id)
-            continue
         report.accepted.append(request.request_id)
         inbox.move(key, PROCESSED)
     return report
 
 
-@task(name="collect-inbox", cache_policy=NO_CACHE)
+@task(name="collect-inbox", cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def collect_inbox_task(settings: Settings) -> InboxReport:
+    """The inbox, retried with backoff when S3 is unreachable or answers 5xx: a retry lists
+    what is left (objects already filed moved out) and records each request once."""
     return collect_inbox(settings)

@@ -29,9 +29,24 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from tasks import plots
+from tasks.data_versioning import DataVersion
+from tasks.erasure import audit_path
+from tasks.faults import fault_point
 from tasks.gate_report import GateReport
 from tasks.quiet import quiet_logger
 from tasks.requests import DeletionRequest
+from tasks.retrying import NETWORK_RETRIES
+from tasks.review_page import (
+    VersionLinks,
+    known_flow_run_url,
+    selection_text,
+    verdict_headline,
+    version_description,
+    with_audit_link,
+    with_headline,
+)
+from tasks.review_page import headline as headline  # re-exported for flows.review
+from tasks.run_datasets import forget_id_hashes, log_request_datasets, request_datasets
 from tasks.settings import Settings
 from tasks.validation import ValidationReport
 from uib.api import UnlearnReport
@@ -41,6 +56,7 @@ from uib.train import predict_proba
 # Explicit requirements keep MLflow from inferring them by importing and probing the model.
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 APPROVED, REJECTED = "passed", "failed"
+BEFORE_STEP, AFTER_STEP = 0, 1
 PIPELINE_CHAMPION = "pipeline_champion"
 
 
@@ -155,17 +171,11 @@ def recorded_champion(client: MlflowClient, settings: Settings) -> str | None:
         return None
 
 
-def headline(verdict: str, request_id: str, detail: str) -> str:
-    """The first line of a candidate's description: `# REJECTED — request req-42: failed …`."""
-    return f"# {verdict.upper()} — request {request_id}: {detail}"
-
-
 def set_headline(client: MlflowClient, settings: Settings, version: str, line: str) -> None:
     """Replace the description's headline (a review changes the verdict, not the record)."""
     current = client.get_model_version(settings.model_name, version).description or ""
-    body = current.split("\n", 1)[1] if current.startswith("# ") and "\n" in current else current
     client.update_model_version(
-        settings.model_name, version, description=f"{line}\n{body}" if body else line
+        settings.model_name, version, description=with_headline(current, line)
     )
 
 
@@ -198,9 +208,12 @@ def log_request_run(
     mlflow.log_params(
         {"method": report.method, **{f"{report.method}.{k}": v for k, v in report.config.items()}}
     )
-    for prefix, metrics in (("before", gates.before), ("after", gates.after)):
+    # One metric per statistic, step 0 the original and step 1 the candidate: its chart is the
+    # change, its latest value the candidate's (what a search of runs compares); the one figure
+    # of them all is plots/before_after.png.
+    for step, metrics in ((BEFORE_STEP, gates.before), (AFTER_STEP, gates.after)):
         mlflow.log_metrics(
-            {f"{prefix}_{k}": v for k, v in metrics.model_dump().items() if isinstance(v, float)}
+            {k: v for k, v in metrics.model_dump().items() if isinstance(v, float)}, step=step
         )
     mlflow.log_metrics(
         {
@@ -250,6 +263,7 @@ def request_figures(
     if forget is not None:
         return plots.request_figures(original, candidate, gates, report, retain, test, forget)
     figures = {
+        "before_after": plots.before_after(gates.before, gates.after),
         "per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after),
         "loss_curves": plots.loss_curves(report.loss_curve),
     }
@@ -258,7 +272,7 @@ def request_figures(
     return figures
 
 
-@task(name="register-candidate", cache_policy=NO_CACHE)
+@task(name="register-candidate", cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def register_candidate(
     settings: Settings,
     request: DeletionRequest,
@@ -285,7 +299,9 @@ def register_candidate(
     done = approved_version(client, settings, request.request_id)
     if done is not None:
         return str(done.version), done.run_id
-    tags = {
+    # `rejected` first: MLflow lists a version's tags in the order they were set
+    tags = {"rejected": gates.message()} if not gates.passed else {}
+    tags |= {
         "request_id": request.request_id,
         "method": report.method,
         "config_hash": config_hash(report.config),
@@ -298,31 +314,76 @@ def register_candidate(
         "gates": APPROVED if gates.passed else REJECTED,
         **(extra_tags or {}),
     }
-    if not gates.passed:
-        tags["rejected"] = gates.message()
     figures = request_figures(original, candidate, gates, report, retain, test, forget)
-    with mlflow.start_run(run_name=request.request_id) as run:
-        log_request_run(request, report, gates, validation, figures)
-        version = str(log_model(candidate, settings, test.x, tags).version)
-    if gates.passed:
-        verdict = headline("approved", request.request_id, f"every gate holds ({report.method})")
+    datasets = request_datasets(
+        str(settings.data_repo),
+        settings.remote_url,
+        DataVersion.model_validate(versions["before"]),
+        DataVersion.model_validate(versions["after"]),
+        retain.y,
+        n_forget,
+        forget_id_hashes(settings, request.request_id, forget),
+        selection_text(request),
+    )
+    attempt = str(tags.get("attempt", ""))
+    if existing := attempt and registered_attempt(client, settings, request.request_id, attempt):
+        # a retry of this task after the version was registered: take it back, not a second
+        version, run = str(existing.version), client.get_run(existing.run_id)
     else:
-        verdict = headline(
-            "rejected", request.request_id, "failed " + ", ".join(g.name for g in gates.failed)
-        )
+        with mlflow.start_run(run_name=request.request_id) as run:
+            log_request_run(request, report, gates, validation, figures)
+            log_request_datasets(datasets)
+            version = str(log_model(candidate, settings, test.x, tags).version)
+            fault_point("registered")
+    links = VersionLinks(
+        model_name=settings.model_name,
+        experiment_id=run.info.experiment_id,
+        run_id=run.info.run_id,
+        data_repo=str(settings.data_repo),
+        data_version_before=versions["before"]["git_rev"],
+        data_version_after=versions["after"]["git_rev"],
+        audit_file=audit_path(settings.audit_dir, request.request_id).name,
+        flow_run_url=known_flow_run_url(),
+        has_shift_validation=validation is not None,
+    )
     client.update_model_version(
         settings.model_name,
         version,
-        description=f"{verdict}\n\nDeletion request `{request.request_id}`: "
-        f"{request.reason or 'no reason given'}; method `{report.method}`.\n\n"
-        f"Gates {'passed' if gates.passed else 'FAILED'}.\n\n{gates.to_markdown()}",
+        description=version_description(
+            request, gates, report.method, n_forget, parent_version, links
+        ),
+    )
+    client.set_tag(
+        run.info.run_id,
+        "mlflow.note.content",
+        f"**{verdict_headline(gates, request.request_id, report.method)[2:]}**\n\nThe "
+        "decision is on "
+        f"[version {version}]({links.version(version)}) of `{settings.model_name}`.",
     )
     if gates.passed:
         promote(client, settings, version)
     return version, run.info.run_id
 
 
-def log_audit(settings: Settings, run_id: str, audit_path: str) -> None:
-    client_for(settings)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifact(audit_path, artifact_path="audit")
+def log_audit(settings: Settings, run_id: str, audit_file: str) -> None:
+    """Log the audit record to `run_id`, and point every version of the request at it."""
+    client = client_for(settings)
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.log_artifact(audit_file, artifact_path="audit")
+    request_id = run.data.tags.get("request_id")
+    if not request_id:
+        return
+    for version in find_versions(client, settings, request_id=request_id):
+        links = VersionLinks(
+            model_name=settings.model_name,
+            experiment_id=run.info.experiment_id,
+            run_id=version.run_id,
+            data_repo=str(settings.data_repo),
+            data_version_before=version.tags.get("data_version_before", ""),
+            data_version_after=version.tags.get("data_version_after", ""),
+            audit_file=os.path.basename(audit_file),
+        )
+        description = version.description or ""
+        linked = with_audit_link(description, links, run_id)
+        if linked != description:
+            client.update_model_version(settings.model_name, version.version, description=linked)

@@ -4,71 +4,49 @@ from __future__ import annotations
 
 import fcntl
 import json
-import re
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
-from tasks.data_versioning import DataRepo
-from uib.data import Dataset
-from uib.scenarios import ScenarioConfig, select_forget
+# the request itself lives in its own module; these names stay importable from here
+from tasks.deletion_request import (
+    CLOCK_SKEW,
+    MAX_REASON,
+    MAX_SAMPLE_ID,
+    MAX_SAMPLE_IDS,
+    REQUEST_ID,
+    DeletionRequest,
+    sample_id_problem,
+)
+from tasks.ownership import Owner, owner_gone
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class DeletionRequest(BaseModel):
-    """A data-deletion request: samples named by id, or by an attribute predicate."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(default_factory=lambda: f"req-{uuid.uuid4().hex[:12]}")
-    sample_ids: list[str] | None = None
-    where: dict[str, str] | None = None
-    reason: str = ""
-    requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    allow_class_removal: bool = False
-
-    @field_validator("request_id")
-    @classmethod
-    def _request_id(cls, value: str) -> str:
-        if not REQUEST_ID.match(value):
-            raise ValueError(
-                "request_id must be 1–128 letters, digits, '.', '_' or '-', "
-                f"starting with a letter or digit; got {value!r}"
-            )
-        return value
-
-    @field_validator("sample_ids")
-    @classmethod
-    def _sample_ids(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if not value:
-                raise ValueError("sample_ids is empty: name at least one sample")
-            blank = [i for i, v in enumerate(value) if not v.strip()]
-            if blank:
-                raise ValueError(f"sample_ids has blank entries at positions {blank[:5]}")
-            if len(set(value)) != len(value):
-                raise ValueError("sample_ids names a sample more than once")
-        return value
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> DeletionRequest:
-        if (self.sample_ids is None) == (self.where is None):
-            raise ValueError("give exactly one of sample_ids or where")
-        if self.where is not None and not self.where:
-            raise ValueError("where is empty: name at least one attribute")
-        return self
+__all__ = [
+    "CLOCK_SKEW",
+    "MAX_REASON",
+    "MAX_SAMPLE_ID",
+    "MAX_SAMPLE_IDS",
+    "PARKED",
+    "REQUEST_ID",
+    "DeletionRequest",
+    "RequestBusy",
+    "RequestLedger",
+    "RequestRecord",
+    "RequestState",
+    "Review",
+    "check_same_content",
+    "sample_id_problem",
+]
 
 
 class RequestBusy(RuntimeError):
@@ -123,7 +101,19 @@ class RequestRecord(BaseModel):
     outcome: dict | None = None
     batch_id: str | None = None
     reviews: list[Review] = Field(default_factory=list, description="oldest first")
+    received_at: datetime = Field(description="when the ledger first recorded it: queue order")
     updated_at: datetime
+    owner: Owner | None = Field(None, description="the process that last set it running")
+    heartbeat_at: datetime | None = Field(None, description="the owner's last sign of life")
+
+    @property
+    def run_key(self) -> str:
+        """The request whose run works on this one: its batch's, for a batch member."""
+        return (
+            self.batch_id
+            if self.batch_id and self.batch_id != self.request_id
+            else (self.request_id)
+        )
 
     @property
     def is_open(self) -> bool:
@@ -144,7 +134,10 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome_json TEXT,
     batch_id TEXT,
     reviews_json TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    received_at TEXT,
+    owner_json TEXT,
+    heartbeat_at TEXT
 )
 """
 
@@ -153,7 +146,9 @@ class RequestLedger:
     """Requests in a small SQLite table under the state folder.
 
     `submit` records a request once: the same id again with the same content is acknowledged
-    and returns the existing record; the same id with other content is refused.
+    and returns the existing record; the same id with other content is refused. The ledger
+    stamps the time it first records a request (`received_at`); the queue is ordered by that,
+    never by the sender's `requested_at`.
     """
 
     def __init__(self, path: str | Path):
@@ -163,7 +158,14 @@ class RequestLedger:
             db.execute(SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
             # a ledger written before they were kept
-            for column in ("outcome_json", "batch_id", "reviews_json"):
+            for column in (
+                "outcome_json",
+                "batch_id",
+                "reviews_json",
+                "received_at",
+                "owner_json",
+                "heartbeat_at",
+            ):
                 if column not in columns:
                     db.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
 
@@ -180,29 +182,30 @@ class RequestLedger:
             ).fetchone()
             if row is not None:
                 existing = self._record(row)
-                when = {"requested_at"}
-                if existing.request.model_dump(exclude=when) != request.model_dump(exclude=when):
-                    raise ValueError(
-                        f"request_id {request.request_id!r} is already in the ledger "
-                        "with other content; use a new request_id"
-                    )
+                check_same_content(existing.request, request)
                 return existing, False
+            stamp = now()
             db.execute(
-                "INSERT INTO requests (request_id, state, request_json, updated_at) "
-                "VALUES (?, ?, ?, ?)",
-                (request.request_id, RequestState.PENDING, request.model_dump_json(), now()),
+                "INSERT INTO requests (request_id, state, request_json, updated_at, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (request.request_id, RequestState.PENDING, request.model_dump_json(), stamp, stamp),
             )
         return self.get(request.request_id), True
+
+    def find(self, request_id: str) -> RequestRecord | None:
+        try:
+            return self.get(request_id)
+        except KeyError:
+            return None
 
     @contextmanager
     def exclusive(self, request_id: str) -> Iterator[None]:
         """Held while a run works on `request_id`; a concurrent run of it is refused.
 
         An OS file lock rather than a ledger state: the OS drops it when the process dies, so
-        a crashed run never blocks its own rerun.
+        a crashed run never blocks its own rerun (`owner_gone` probes it for the others).
         """
-        path = self.path.parent / "locks" / f"{request_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self._lock_path(request_id)
         with open(path, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -214,6 +217,38 @@ class RequestLedger:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _lock_path(self, request_id: str) -> Path:
+        path = self.path.parent / "locks" / f"{request_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def lock_held(self, request_id: str) -> bool:
+        """Whether a live run holds `request_id`'s lock now (a probe; nothing is kept)."""
+        with open(self._lock_path(request_id), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def owner_gone(self, record: RequestRecord) -> str | None:
+        """Why a `running` request's run is gone (killed, its machine lost), or None while it
+        may still be working or the request is not running (`tasks.ownership`)."""
+        if record.state != RequestState.RUNNING:
+            return None
+        run = record if record.run_key == record.request_id else self.find(record.run_key)
+        run = run or record
+        return owner_gone(run.owner, run.heartbeat_at, self.lock_held(record.run_key))
+
+    def beat(self, request_id: str) -> None:
+        """The owner's heartbeat: it is still working on `request_id`."""
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "UPDATE requests SET heartbeat_at = ? WHERE request_id = ? AND state = ?",
+                (now(), request_id, RequestState.RUNNING),
+            )
 
     @contextmanager
     def serialized(self) -> Iterator[None]:
@@ -256,9 +291,15 @@ class RequestLedger:
         outcome: dict | None = None,
         batch_id: str | None = None,
     ) -> RequestRecord:
-        """Set the state; every other field given replaces the stored one."""
+        """Set the state; every other field given replaces the stored one. Setting `running`
+        records this process as the owner, with a first heartbeat."""
         self.get(request_id)
         with closing(self._connect()) as db, db:
+            if state == RequestState.RUNNING:
+                db.execute(
+                    "UPDATE requests SET owner_json = ?, heartbeat_at = ? WHERE request_id = ?",
+                    (Owner.this_process().model_dump_json(), now(), request_id),
+                )
             db.execute(
                 "UPDATE requests SET state = ?, message = COALESCE(?, message), "
                 "flow_run_id = COALESCE(?, flow_run_id), "
@@ -318,6 +359,10 @@ class RequestLedger:
             outcome=json.loads(row["outcome_json"]) if row["outcome_json"] else None,
             batch_id=row["batch_id"],
             reviews=json.loads(row["reviews_json"]) if row["reviews_json"] else [],
+            # a row recorded before receipt was stamped: the sender's time is all there is
+            received_at=row["received_at"] or json.loads(row["request_json"])["requested_at"],
+            owner=Owner.model_validate_json(row["owner_json"]) if row["owner_json"] else None,
+            heartbeat_at=row["heartbeat_at"],
         )
 
 
@@ -325,47 +370,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """A request resolved on the data version it applies to."""
-
-    dataset: Dataset
-    scenario: ScenarioConfig | None
-    forget_ids: list[str]
-    data_rev: str
-
-    def manifests(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """(original, retain, forget): the manifests the new version would have, and its slice."""
-        manifest = self.dataset.manifest
-        forget = manifest["sample_id"].isin(self.forget_ids)
-        return manifest, manifest[~forget], manifest[forget]
-
-    def removes_bias_slice(self) -> bool:
-        """A patch-bias request: it takes every patched training sample of a patch-bias dataset.
-
-        Only then must the shortcut vanish; part of the slice is an ordinary request.
-        """
-        if self.scenario is None or self.scenario.name != "patch-bias":
-            return False
-        manifest = self.dataset.manifest
-        patched = manifest.loc[
-            (manifest["split"] == "train") & manifest["patched"].astype(bool), "sample_id"
-        ]
-        return bool(len(patched)) and set(patched.astype(str)) <= set(self.forget_ids)
-
-
-@task(name="resolve-request", cache_policy=NO_CACHE)
-def resolve_request(request: DeletionRequest, repo_root: str | Path) -> Resolved:
-    """The request's training-sample ids, read from the data version it applies to.
-
-    A rerun of a request whose data commit exists reads the version before that commit.
-    """
-    repo = DataRepo(repo_root)
-    done = repo.find_request(request.request_id)
-    rev = f"{done}~1" if done else None
-    dataset, scenario = repo.load(rev)
-    if request.sample_ids is not None:
-        ids = select_forget(dataset.manifest, ids=request.sample_ids)
-    else:
-        ids = select_forget(dataset.manifest, where=request.where)
-    return Resolved(dataset, scenario, [str(i) for i in ids], repo.version(rev or "HEAD").git_rev)
+def check_same_content(stored: DeletionRequest, sent: DeletionRequest) -> None:
+    """A ValueError when `sent` reuses `stored`'s id with other content (the time aside)."""
+    when = {"requested_at"}
+    if stored.model_dump(exclude=when) != sent.model_dump(exclude=when):
+        raise ValueError(
+            f"request_id: {sent.request_id!r} is already in the ledger with other content; "
+            "use a new request_id"
+        )

@@ -83,6 +83,8 @@ class ValidationReport(BaseModel):
         return [c for c in self.checks if not c.success]
 
     def to_markdown(self) -> str:
+        """Failed checks first, then the checks that decide a request (the shift policy, the
+        ids), then the schema checks of each manifest, which a sound pipeline always passes."""
         verdict = "passed" if self.success else f"refused ({len(self.failed)} failed)"
         lines = [
             f"**Data shift validation {verdict}** — forget fraction {self.forget_fraction:.3f}, "
@@ -91,10 +93,20 @@ class ValidationReport(BaseModel):
             "| check | result | observed | threshold |",
             "| --- | --- | --- | --- |",
         ]
-        for c in sorted(self.checks, key=lambda c: c.success):
+        ordered = sorted(self.checks, key=lambda c: (c.success, is_schema_check(c)))
+        schema_passed = sum(c.success and is_schema_check(c) for c in self.checks)
+        for c in ordered:
+            if c.success and is_schema_check(c) and c is ordered[-schema_passed]:
+                lines.append(f"| *schema and types of each manifest ({schema_passed})* | | | |")
             mark = "pass" if c.success else "**FAIL**"
             lines.append(f"| {c.name} | {mark} | {_cell(c.observed)} | {_cell(c.threshold)} |")
         return "\n".join(lines) + "\n"
+
+
+def is_schema_check(check: Check) -> bool:
+    """A check of one manifest's own schema (`retain: label type`), not of the request."""
+    frame, sep, _ = check.name.partition(": ")
+    return bool(sep) and frame in ("original", "retain", "forget")
 
 
 def _cell(value: Any) -> str:

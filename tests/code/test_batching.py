@@ -22,7 +22,11 @@ def pending(request_id, minutes, **selection) -> RequestRecord:
         request_id=request_id, requested_at=START + timedelta(minutes=minutes), **selection
     )
     return RequestRecord(
-        request_id=request_id, state=RequestState.PENDING, request=request, updated_at=START
+        request_id=request_id,
+        state=RequestState.PENDING,
+        request=request,
+        received_at=request.requested_at,
+        updated_at=START,
     )
 
 

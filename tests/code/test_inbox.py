@@ -29,7 +29,7 @@ def test_request_bodies_are_read_or_refused_naming_the_field():
         read_request(b'{"request_id": "r-1", "sample_ids": "a"}')
     with pytest.raises(ValueError, match="exactly one of sample_ids or where"):
         read_request(b'{"request_id": "r-1"}')
-    with pytest.raises(ValueError, match="json_invalid|Invalid JSON"):
+    with pytest.raises(ValueError, match="not JSON"):
         read_request(b'{"request_id": ')
     with pytest.raises(ValueError, match="bytes"):
         read_request(b" " * (2 << 20))

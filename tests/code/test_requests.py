@@ -18,7 +18,7 @@ from tasks.requests import DeletionRequest, RequestLedger, RequestState
         ),
         ({"sample_ids": []}, "sample_ids is empty"),
         ({"sample_ids": ["a", "a"]}, "more than once"),
-        ({"sample_ids": ["a", " "]}, "blank entries at positions \\[1\\]"),
+        ({"sample_ids": ["a", " "]}, "position 1 is blank"),
         ({"where": {}}, "where is empty"),
         ({"sample_ids": ["a"], "request_id": "../etc"}, "request_id must be"),
         ({"sample_ids": ["a"], "colour": "red"}, "colour"),
@@ -26,7 +26,7 @@ from tasks.requests import DeletionRequest, RequestLedger, RequestState
 )
 def test_bad_requests_name_the_field(fields, named):
     with pytest.raises(pydantic.ValidationError, match=named):
-        DeletionRequest(**fields)
+        DeletionRequest(**{"request_id": "req-1", **fields})
 
 
 def test_ledger_records_a_request_once_and_tracks_its_state(tmp_path):
@@ -91,7 +91,7 @@ def test_the_ledger_keeps_the_outcome_and_lists_by_state(tmp_path):
 
 
 def test_only_a_request_taking_the_whole_faulty_slice_is_a_patch_bias_request(digits):
-    from tasks.requests import Resolved
+    from tasks.intake import Resolved
     from uib.scenarios import ScenarioConfig, build_scenario
 
     scenario = build_scenario(digits, ScenarioConfig(name="patch-bias", seed=0))

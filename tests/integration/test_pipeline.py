@@ -7,10 +7,19 @@ nothing but the ledger). Every test that changes state gets a folder of its own 
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# SIGKILL at the task boundaries: collected here to run on this module's one trained original
+from fault_scenarios import (  # noqa: F401
+    test_a_failing_dvc_remote_is_retried_then_fails_leaving_the_version_as_it_was,
+    test_a_request_killed_at_every_boundary_finishes_exactly_once,
+)
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 from test_erasure import files_holding, stored_images
@@ -91,14 +100,32 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
         "plots/bias_probe.png",
         "plots/loss_curves.png",
     } <= plots
-    metrics = client.get_run(version.run_id).data.metrics
-    assert metrics["after_bias_asr"] <= 0.1 < metrics["before_bias_asr"]
+    bias = client.get_metric_history(version.run_id, "bias_asr")  # step 0 before, 1 after
+    assert [m.step for m in bias] == [0, 1] and bias[1].value <= 0.1 < bias[0].value
+    assert "plots/before_after.png" in plots
+
+    # what trained and what was removed, as MLflow datasets: versions and counts, never an id
+    inputs = {
+        d.dataset.name: d.dataset for d in client.get_run(version.run_id).inputs.dataset_inputs
+    }
+    assert set(inputs) == {"retain", "forget"}
+    assert json.loads(inputs["forget"].profile)["num_rows"] == 123
+    assert json.loads(inputs["forget"].source)["git_rev"] == data_before.git_rev
+    assert json.loads(inputs["retain"].source)["git_rev"] == data_after.git_rev
+    assert json.loads(inputs["retain"].profile)["num_rows"] == data_after.n_train
+    logged = " ".join(f"{d.name} {d.digest} {d.source} {d.profile}" for d in inputs.values())
+    assert "digits-train" not in logged
+    assert list(audit)[:2] == ["request_id", "summary"] and list(audit)[-1] == (
+        "forgotten_id_hashes"
+    )
 
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.APPROVED and record.model_version == "2"
     assert record.outcome["model_version"] == "2"
     outcome_md = Artifact.get("request-remove-faulty").data
     assert "**approved**" in outcome_md and "| bias_asr |" in outcome_md
+    assert "MLflow: [model version 2](http://127.0.0.1:5000/#/models/" in outcome_md
+    assert "removed: 123 samples" in outcome_md and "Next step" not in outcome_md
     assert "Data shift validation passed" in Artifact.get("shift-remove-faulty").data
     assert not (home.results_dir / "remove-faulty").exists()
 
@@ -153,6 +180,10 @@ def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home)
     assert not (home.stage_dir("remove-faulty") / "forget.npz").exists()
     outcome_md = Artifact.get("request-remove-faulty").data
     assert "**held**" in outcome_md and "**FAIL**" in outcome_md
+    assert (
+        '`uib request approve remove-faulty --by YOUR_NAME --reason "WHY"` promotes version 3'
+        in (outcome_md)
+    )
 
     # the held request blocks nobody: another one proceeds on top of its data version
     other = DeletionRequest(request_id="other", sample_ids=["digits-train-00003"])
@@ -193,36 +224,14 @@ def test_a_refused_request_versions_nothing_and_registers_nothing(
     assert record.state == RequestState.REJECTED and reason in record.message
 
 
-def test_a_rerun_after_crashes_finishes_the_request_exactly_once(home, monkeypatch):
-    import flows.unlearn
-    import tasks.registry
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("simulated crash")
-
-    # 1. crash after the candidate is registered, before `champion` moves
-    with monkeypatch.context() as patch:
-        patch.setattr(tasks.registry, "promote", crash)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run(FAULTY, home)
-    assert RequestLedger(home.ledger_path).get("remove-faulty").state == RequestState.FAILED
-    assert champion_version(home) == "1" and versions(home) == ["1", "2"]
-
-    # 2. the rerun promotes that candidate, then crashes before erasure
-    with monkeypatch.context() as patch:
-        patch.setattr(flows.unlearn, "erase_and_audit", crash)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run(FAULTY, home)
-    assert champion_version(home) == "2" and versions(home) == ["1", "2"]
-    assert not (home.audit_dir / "remove-faulty.json").exists()
-
-    # 3. the last rerun erases and approves; nothing was registered twice
-    outcome = run(FAULTY, home)
-    assert outcome["state"] == "approved" and outcome["model_version"] == "2"
-    assert versions(home) == ["1", "2"] and champion_version(home) == "2"
-    audit = json.loads((home.audit_dir / "remove-faulty.json").read_text())
-    assert audit["model_version_before"] == "1" and audit["model_version_after"] == "2"
-    assert len(DataRepo(home.data_repo).history()) == 2
+def stored_state(settings: Settings) -> dict:
+    """What a refused request must leave alone: the data version, the registry, the ledger."""
+    return {
+        "data": DataRepo(settings.data_repo).current(),
+        "versions": versions(settings),
+        "champion": champion_version(settings),
+        "ledger": [r.model_dump(mode="json") for r in RequestLedger(settings.ledger_path).list()],
+    }
 
 
 def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(trained, monkeypatch):
@@ -233,13 +242,21 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(traine
     monkeypatch.setenv("UIB_HOME", str(trained.home))
     runner = CliRunner()
     # The harness sets PREFECT_API_URL: `--run-here` runs the flow instead of sending the event.
+    before = stored_state(trained)
+    unknown = runner.invoke(
+        app,
+        ["request", "delete", "--ids", "digits-train-99999", "--request-id", "cli-0", "--run-here"],
+    )
+    assert unknown.exit_code == 2, unknown.output  # bad input: the same code as by event
+    assert "sample_ids" in unknown.output and "digits-train-99999" in unknown.output
+    assert stored_state(trained) == before  # refused before the ledger
     refused = runner.invoke(
         app,
         [
             "request",
             "delete",
-            "--ids",
-            "digits-train-99999",
+            "--where",
+            "original_label=3",
             "--request-id",
             "cli-1",
             "--reason",
@@ -248,7 +265,7 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(traine
         ],
     )
     assert refused.exit_code == 1
-    assert "cli-1 not approved" in refused.output and "digits-train-99999" in refused.output
+    assert "cli-1 not approved" in refused.output and "no class removed" in refused.output
     bad = runner.invoke(app, ["request", "delete", "--where", "source"])
     assert bad.exit_code == 2 and "ATTR=VALUE" in bad.output
     invalid = runner.invoke(app, ["request", "delete", "--ids", "a", "--request-id", "../x"])
@@ -257,7 +274,79 @@ def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(traine
     assert listed.exit_code == 0
     rows = {r["request_id"]: r for r in json.loads(listed.output)}
     assert rows["cli-1"]["state"] == "rejected" and rows["cli-1"]["flow_run_id"]
-    assert "digits-train-99999" in rows["cli-1"]["message"]
+    assert "no class removed" in rows["cli-1"]["message"] and "cli-0" not in rows
+
+
+@pytest.mark.parametrize(
+    ("request_id", "arguments", "environment", "named"),
+    [
+        ("whole-class-cli", ["--where", "original_label=5"], {}, "no class removed"),
+        (
+            "over-the-ceiling",
+            ["--where", "source=faulty"],
+            {"UIB_SHIFT__MAX_FORGET_FRACTION": "0.05"},
+            "forget fraction",
+        ),
+        ("everything", ["--where", "split=train"], {}, "forget fraction"),
+    ],
+)
+def test_a_request_the_shift_policy_refuses_exits_1_and_changes_only_its_ledger_row(
+    trained, monkeypatch, request_id, arguments, environment, named
+):
+    """Well-formed requests refused by validation: the run records the refusal, and nothing
+    else (data version, registry, champion, other requests) changes."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("UIB_HOME", str(trained.home))
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    before = stored_state(trained)
+    result = CliRunner().invoke(
+        app, ["request", "delete", *arguments, "--request-id", request_id, "--run-here"]
+    )
+    assert result.exit_code == 1, result.output
+    assert named in result.output and "Traceback" not in result.output
+    after = stored_state(trained)
+    rows, rows_before = after.pop("ledger"), before.pop("ledger")
+    assert after == before
+    [row] = [r for r in rows if r["request_id"] == request_id]
+    assert row["state"] == "rejected" and named in row["message"]
+    assert [r for r in rows if r["request_id"] != request_id] == rows_before
+
+
+def test_a_refused_request_prints_its_reason_once_without_a_traceback(trained):
+    """As a person sees it, in a terminal: progress from the first line, no traceback, the
+    reason once and exit 1 (README: refused); the tracebacks only with `--debug`."""
+    from prefect.settings import PREFECT_API_URL
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = ["request", "delete", "--where", "original_label=5", "--run-here"]
+    env = {
+        **os.environ,
+        "UIB_HOME": str(trained.home),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    uib = str(Path(sys.executable).parent / "uib")
+    shown = subprocess.run(
+        [uib, *args, "--request-id", "cli-quiet"], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 1, shown.stderr
+    assert shown.stderr.startswith("uib: request delete: checking the request")
+    assert "Traceback" not in shown.stderr + shown.stdout, shown.stderr
+    assert shown.stderr.count("no class removed from retain") == 1, shown.stderr
+    assert "request cli-quiet not approved: shift validation failed" in shown.stderr
+    assert shown.stdout == ""
+
+    debug = CliRunner().invoke(
+        app, ["--debug", *args, "--request-id", "cli-debug"], env={"UIB_HOME": str(trained.home)}
+    )
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.output and "RequestRefused" in debug.output
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
