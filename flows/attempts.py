@@ -61,6 +61,7 @@ class Job:
     validation: ValidationReport | None
     recipe: TrainConfig
     review: Review | None = None
+    class_names: tuple[str, ...] = ()
 
 
 class Attempt(BaseModel):
@@ -168,6 +169,7 @@ def run_attempt(job: Job, settings: Settings, fallback_for: str | None) -> Attem
         job.parent,
         job.n_forget,
         tags,
+        class_names=job.class_names,
     )
     return Attempt(
         method=settings.method,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_adopt import adopt_app
 from flows.cli_input import BadArgument, parse_where, read_ids_file
 from flows.cli_library import library_app
 from flows.cli_output import (
@@ -23,7 +24,7 @@ from flows.lifecycle import handle_termination, prefect_api
 from tasks.quiet import quiet_prefect
 
 app = typer.Typer(
-    help="Machine unlearning with UIB: benchmark, train, delete, review.",
+    help="Machine unlearning with UIB: benchmark, train or adopt, delete, review.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -41,6 +42,7 @@ def main(
 
 
 app.add_typer(library_app)
+app.add_typer(adopt_app)
 
 request_app = typer.Typer(help="Submit and review data-deletion requests.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
@@ -102,7 +104,7 @@ def request_delete(
     where: list[str] | None = typer.Option(
         None,
         "--where",
-        help="ATTR=VALUE predicate (repeatable, ANDed: the same ATTR twice must hold both)",
+        help="a clause ATTR=V, ATTR!=V, ATTR<V (<=, >, >= on numbers and ISO dates) or 'ATTR in (A, B)'; repeatable, ANDed: the same ATTR twice must hold both",
     ),
     request_id: str | None = typer.Option(None, "--request-id", help="default: a new random id"),
     reason: str = typer.Option("", "--reason", help="why the data must go"),

@@ -13,8 +13,11 @@ class BadArgument(ValueError):
 
 
 def parse_where(items: list[str]) -> list:
-    """`--where` values as the request's clauses, every one of which must hold: the same
-    attribute twice means both values at once, which matches nothing (`tasks.predicates`)."""
+    """`--where` values as the request's clauses, every one of which must hold: `ATTR=VALUE`,
+    `ATTR!=VALUE`, `ATTR<V` (`<=`, `>`, `>=`) or `ATTR in (A, B)` (`tasks.predicates` has the
+    grammar). The same attribute twice means both at once (`source=a` and `source=b` match
+    nothing). Whether a value fits its column is decided on the manifest, when the request is
+    checked against the current data version."""
     from tasks.predicates import Clause
 
     clauses = []

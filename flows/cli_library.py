@@ -18,7 +18,9 @@ def csv_list(value: str) -> list[str]:
 
 @library_app.command()
 def benchmark(
-    dataset: str = typer.Option("digits", help="digits | mnist | idx:DIR"),
+    dataset: str = typer.Option(
+        "digits", help="digits | mnist | idx:DIR | folder:DIR | arrays:FILE"
+    ),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
     scenario: str = typer.Option(
         "patch-bias", help="patch-bias | corruption | class | random | class-sample"
@@ -47,13 +49,18 @@ def benchmark(
     noise_floor: bool = typer.Option(
         False, "--noise-floor", help="add `retrain-reseeded`: a second retrain from another init"
     ),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", help="YAML of the training recipe (as for `uib adopt`)"
+    ),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
     from uib.benchmark import BenchmarkConfig, run_benchmark
     from uib.samples import DataError
+    from uib.train import read_recipe
 
     try:
         config = BenchmarkConfig(
+            recipe=read_recipe(recipe) if recipe else None,
             dataset=dataset,
             data_dir=str(data_dir) if data_dir else None,
             scenario=scenario,
@@ -114,7 +121,9 @@ def tune(
     methods: str = typer.Option(
         "all", help="comma-separated baselines with a tuning grid, or `all`"
     ),
-    dataset: str = typer.Option("digits", help="digits | mnist | idx:DIR"),
+    dataset: str = typer.Option(
+        "digits", help="digits | mnist | idx:DIR | folder:DIR | arrays:FILE"
+    ),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/tuning"), help="output directory"),

@@ -25,8 +25,12 @@ from uib.train import TrainConfig, TrainHistory, train_model
 
 
 def recipe(settings: Settings, dataset_name: str) -> TrainConfig:
-    """The dataset's recipe (EVALUATION.md), with the epochs settings may lower for tests."""
+    """The adopted model's recipe (`uib adopt --recipe`), else the dataset's (EVALUATION.md);
+    with the epochs settings may lower for tests."""
     overrides = {"epochs": settings.train_epochs} if settings.train_epochs else {}
+    if settings.recipe_path.exists():
+        kept = TrainConfig.model_validate_json(settings.recipe_path.read_text())
+        return kept.model_copy(update=overrides)
     return TrainConfig.for_dataset(dataset_name, seed=settings.scenario.seed, **overrides)
 
 

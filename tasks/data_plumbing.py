@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tasks.quiet import quiet_logger
+from tasks.shards import storable
 from uib.data import Dataset
 from uib.samples import DataError
 
@@ -160,6 +161,12 @@ def check_dataset(dataset: Dataset) -> None:
             raise DataError(f"{name}.x: must be float32, got {samples.x.dtype}")
     if "sample_id" not in dataset.manifest.columns or "split" not in dataset.manifest.columns:
         raise DataError("manifest: needs the columns sample_id and split")
+    for column in dataset.manifest.columns:
+        if not isinstance(column, str) or not storable(dataset.manifest[column]):
+            raise DataError(
+                f"manifest: column {column!r} of dtype {dataset.manifest[column].dtype} cannot "
+                "be stored; use bools, integers, floats, text or datetime64"
+            )
     for split, samples in (("train", dataset.train), ("test", dataset.test)):
         listed = dataset.manifest.loc[dataset.manifest["split"] == split, "sample_id"]
         missing = np.setdiff1d(samples.ids.astype(str), listed.to_numpy(dtype=str))

@@ -2,7 +2,8 @@
 
 Layout of `data/` (one DVC directory output, `data.dvc`):
 
-    data/dataset.json            name, num_classes, image shape, shard size, manifest dtypes
+    data/dataset.json            name, num_classes, image shape ([C, H, W] or [F]), shard size,
+                                 manifest dtypes, class names (only when not "0".."K-1")
     data/scenario.json           the ScenarioConfig that built the data (or null)
     data/manifest.csv            one row per train and test sample
     data/train/shard-00000.npz   at most `shard_size` samples each, in dataset order
@@ -274,6 +275,7 @@ class DataRepo:
             test=splits["test"],
             manifest=manifest,
             num_classes=meta["num_classes"],
+            class_names=tuple(meta.get("class_names", ())),  # older versions: default names
         )
         config = None if scenario is None else ScenarioConfig.model_validate(scenario)
         return dataset, config

@@ -20,11 +20,12 @@ from tasks.shards import (
     decode_shard,
     encode_shard,
     json_bytes,
+    manifest_dtypes,
     read_manifest,
     write_manifest,
     write_npz,
 )
-from uib.data import Dataset
+from uib.data import Dataset, default_class_names
 from uib.samples import DataError, Samples
 from uib.scenarios import ScenarioConfig
 
@@ -45,8 +46,12 @@ def write_tree(
         "num_classes": int(dataset.num_classes),
         "image_shape": [int(d) for d in dataset.train.x.shape[1:]],
         "shard_size": shard_size,
-        "manifest_dtypes": {str(c): str(t) for c, t in manifest.dtypes.items()},
+        "manifest_dtypes": manifest_dtypes(manifest),
     }
+    # Only names other than the default "0".."K-1" are written: a data version of default
+    # names keeps the bytes (and the DVC hash) it had before class names existed.
+    if tuple(dataset.class_names) != default_class_names(dataset.num_classes):
+        meta["class_names"] = list(dataset.class_names)
     config = None if scenario_config is None else scenario_config.model_dump(mode="json")
     (out / "dataset.json").write_bytes(json_bytes(meta))
     (out / "scenario.json").write_bytes(json_bytes(config))

@@ -17,7 +17,10 @@ from uib.samples import Samples  # noqa: E402
 from uib.train import predict_logits  # noqa: E402
 
 
-def per_class_accuracy(before: Metrics, after: Metrics) -> Figure:
+def per_class_accuracy(
+    before: Metrics, after: Metrics, class_names: tuple[str, ...] = ()
+) -> Figure:
+    """Grouped bars per class, labelled by the data's class names (their index when none)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     classes = np.arange(len(before.per_class_acc))
     ax.bar(classes - 0.2, before.per_class_acc, 0.4, label="before (original)")
@@ -29,6 +32,9 @@ def per_class_accuracy(before: Metrics, after: Metrics) -> Figure:
         xticks=classes,
         title="Per-class test accuracy before / after unlearning",
     )
+    if len(class_names) == len(classes):
+        long = max(map(len, class_names), default=0) > 3
+        ax.set_xticklabels([n[:12] for n in class_names], rotation=45 if long else 0)
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
@@ -154,7 +160,14 @@ def mia_member_probabilities(
 
 
 def request_figures(
-    original, candidate, gates, report, retain: Samples, test: Samples, forget: Samples
+    original,
+    candidate,
+    gates,
+    report,
+    retain: Samples,
+    test: Samples,
+    forget: Samples,
+    class_names: tuple[str, ...] = (),
 ) -> dict[str, Figure]:
     """Every figure logged with a request's candidate, by artifact name."""
     from tasks.review_page import over_forgetting_of
@@ -163,7 +176,7 @@ def request_figures(
     scores = mia_member_probabilities(models, retain, test, forget)
     figures = {
         "before_after": before_after(gates.before, gates.after),
-        "per_class_accuracy": per_class_accuracy(gates.before, gates.after),
+        "per_class_accuracy": per_class_accuracy(gates.before, gates.after, class_names),
         "mia_histograms": mia_histograms(scores, over_forgetting_of(gates, len(forget))),
         "loss_curves": loss_curves(report.loss_curve),
     }

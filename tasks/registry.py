@@ -50,6 +50,7 @@ from tasks.run_datasets import forget_id_hashes, log_request_datasets, request_d
 from tasks.settings import Settings
 from tasks.validation import ValidationReport
 from uib.api import UnlearnReport
+from uib.models import ModelSpec, attach_spec, is_exported, set_training, spec_of
 from uib.samples import Samples
 from uib.train import predict_proba
 
@@ -58,6 +59,7 @@ PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 APPROVED, REJECTED = "passed", "failed"
 BEFORE_STEP, AFTER_STEP = 0, 1
 PIPELINE_CHAMPION = "pipeline_champion"
+MODEL_SPEC_TAG = "model_spec"
 
 
 def use_store(settings: Settings) -> None:
@@ -95,11 +97,24 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
 
 
 def load_version(settings: Settings, version: str) -> nn.Module:
+    """The version's model in eval mode, with its spec (from its `model_spec` tag when the
+    model was stored without one: an adopted `pt2` model)."""
     import mlflow.pytorch
 
     use_store(settings)
     uri = f"models:/{settings.model_name}/{version}"
-    return mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    if getattr(model, "spec", None) is None:
+        tag = (
+            MlflowClient().get_model_version(settings.model_name, version).tags.get(MODEL_SPEC_TAG)
+        )
+        if tag is None:
+            raise ValueError(
+                f"model version {version}: no {MODEL_SPEC_TAG} tag and no spec on the model"
+            )
+        attach_spec(model, ModelSpec.model_validate_json(tag))
+    set_training(model, False)
+    return model
 
 
 def find_versions(client: MlflowClient, settings: Settings, **tags: str) -> list[ModelVersion]:
@@ -136,10 +151,17 @@ def _quiet(logger_name: str):
 def log_model(
     model: nn.Module, settings: Settings, example: np.ndarray, tags: dict[str, object]
 ) -> ModelVersion:
-    """Log `model` in the active run and register it as a new version carrying `tags`."""
+    """Log `model` in the active run and register it as a new version carrying `tags` and its
+    spec (`model_spec`).
+
+    Our own modules are pickled, so they load back as the modules the pipeline continues from;
+    an exported one (an adopted team model, MLflow's default `pt2`) cannot be pickled and is
+    exported again, in eval mode, as it came."""
     import mlflow.pytorch
 
     example = example[:4].astype(np.float32)
+    set_training(model, False)
+    serialization = "pt2" if is_exported(model) else "pickle"
     with _quiet("mlflow.pytorch"):
         info = mlflow.pytorch.log_model(
             model,
@@ -147,8 +169,9 @@ def log_model(
             signature=infer_signature(example, predict_proba(model, example)),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
-            serialization_format="pickle",
+            serialization_format=serialization,
         )
+    tags = {**tags, MODEL_SPEC_TAG: spec_of(model).model_dump_json()}  # `rejected` stays first
     return mlflow.register_model(
         info.model_uri,
         settings.model_name,
@@ -258,13 +281,16 @@ def request_figures(
     retain: Samples,
     test: Samples,
     forget: Samples | None,
+    class_names: tuple[str, ...] = (),
 ) -> dict:
     """The request's plots; without the forget set (erased), those that do not read it."""
     if forget is not None:
-        return plots.request_figures(original, candidate, gates, report, retain, test, forget)
+        return plots.request_figures(
+            original, candidate, gates, report, retain, test, forget, class_names
+        )
     figures = {
         "before_after": plots.before_after(gates.before, gates.after),
-        "per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after),
+        "per_class_accuracy": plots.per_class_accuracy(gates.before, gates.after, class_names),
         "loss_curves": plots.loss_curves(report.loss_curve),
     }
     if gates.after.bias_asr is not None:
@@ -288,6 +314,7 @@ def register_candidate(
     parent_version: str,
     n_forget: int,
     extra_tags: dict[str, str] | None = None,
+    class_names: tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """Register the candidate with its tags and records; `champion` moves if the gates hold.
 
@@ -314,7 +341,7 @@ def register_candidate(
         "gates": APPROVED if gates.passed else REJECTED,
         **(extra_tags or {}),
     }
-    figures = request_figures(original, candidate, gates, report, retain, test, forget)
+    figures = request_figures(original, candidate, gates, report, retain, test, forget, class_names)
     datasets = request_datasets(
         str(settings.data_repo),
         settings.remote_url,

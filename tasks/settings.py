@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         return self.dvc_remote or str(self.home / "dvc-remote")
 
     @property
+    def recipe_path(self) -> Path:
+        """The retrain recipe `uib adopt` keeps; absent for the built-in data sets."""
+        return self.home / "recipe.json"
+
+    @property
     def ledger_path(self) -> Path:
         return self.home / "requests.db"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from uib.dataset import is_text
 from uib.samples import DataError, Samples
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -79,12 +80,42 @@ def concat_samples(parts: list[Samples], image_shape: tuple[int, ...]) -> Sample
     )
 
 
+def manifest_dtypes(manifest: pd.DataFrame) -> dict[str, str]:
+    """{column: dtype name} as `dataset.json` records it, for `read_manifest` to restore."""
+    return {str(c): str(t) for c, t in manifest.dtypes.items()}
+
+
 def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
     manifest.to_csv(path, index=False, lineterminator="\n")
 
 
 def read_manifest(data: bytes, dtypes: dict[str, str]) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(data), dtype=dtypes, keep_default_na=False, na_values=[""])
+    """The manifest CSV in the dtypes it was written with. CSV cannot carry datetimes, so
+    those columns are read as text and parsed (ISO 8601, as `to_csv` writes them) back into
+    their recorded dtype, time zone and resolution included."""
+    dates = {c: t for c, t in dtypes.items() if t.startswith("datetime64")}
+    others = {c: t for c, t in dtypes.items() if c not in dates}
+    frame = pd.read_csv(
+        io.BytesIO(data),
+        dtype={**others, **dict.fromkeys(dates, "str")},
+        keep_default_na=False,
+        na_values=[""],
+    )
+    for column, dtype in dates.items():
+        zoned = "," in dtype  # datetime64[ns, Europe/Berlin]: offsets may differ row to row
+        parsed = pd.to_datetime(frame[column], format="ISO8601", utc=zoned)
+        frame[column] = parsed.astype(dtype)
+    return frame
+
+
+def storable(column: pd.Series) -> bool:
+    """Whether `read_manifest` gives `column` back as written: bools, numbers, text, datetimes."""
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        return True
+    if pd.api.types.is_numeric_dtype(dtype):
+        return not pd.api.types.is_complex_dtype(dtype)
+    return is_text(column)
 
 
 def json_bytes(obj) -> bytes:

@@ -1,6 +1,6 @@
 """The unlearning stage: the GPU task, limited to one run at a time per `gpu` tag.
 
-Its result (the candidate model and the report) is persisted under `<home>/results` with a key
+Its result (the candidate's weights and the report) is persisted under `<home>/results` with a key
 made of the request id, the parent model version, the data version and the method config, so a
 rerun after a crash later in the flow takes the candidate back instead of unlearning again.
 The exact fallback (`retrain`) is the same task with the method overridden in its settings, so
@@ -12,6 +12,7 @@ Once a request's forget samples are erased, only a method that reads none of the
 
 from __future__ import annotations
 
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from torch import nn
@@ -61,8 +62,11 @@ def unlearn_task(
     retain: Samples,
     validation: Samples,
     recipe: TrainConfig,
-) -> tuple[nn.Module, UnlearnReport]:
-    """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU."""
+) -> tuple[dict[str, torch.Tensor], UnlearnReport]:
+    """The champion from the registry, `uib.unlearn` on CUDA when present, else CPU.
+
+    Returns the candidate's state dict (on the CPU), not the module: an adopted `pt2` module
+    cannot be pickled into Prefect's result store, and its weights are all that differ."""
     original = load_version(settings, model_version)
     device = select_device(settings.device)
     candidate, report = uib.unlearn(
@@ -79,7 +83,7 @@ def unlearn_task(
     get_run_logger().info(
         "%s on %s: %.2f s %s", settings.method, device, report.time_s, report.phase_seconds
     )
-    return candidate.cpu().eval(), report
+    return {k: v.detach().cpu() for k, v in candidate.state_dict().items()}, report
 
 
 def candidate_key(
@@ -108,7 +112,8 @@ def run_unlearning(
     validation: Samples,
     recipe: TrainConfig,
 ) -> tuple[nn.Module, UnlearnReport]:
-    """`unlearn_task` with its result persisted under `candidate_key`, named by its method.
+    """`unlearn_task` with its result persisted under `candidate_key`, named by its method;
+    the candidate is the parent version with the persisted weights loaded.
 
     One folder per request, removed when the request is closed.
     """
@@ -119,4 +124,7 @@ def run_unlearning(
         result_storage=settings.results_dir / request_id,
         task_run_name=f"unlearn-{settings.method}",
     )
-    return persisted(settings, model_version, forget, retain, validation, recipe)
+    state, report = persisted(settings, model_version, forget, retain, validation, recipe)
+    candidate = load_version(settings, model_version)
+    candidate.load_state_dict(state)
+    return candidate, report

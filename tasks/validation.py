@@ -1,14 +1,18 @@
 """Is the data shift of a deletion request the one that was asked for? Checked with GX Core 1.x.
 
-`validate_shift` hands GX an ephemeral context with one pandas data source and one checkpoint
-whose validation definitions cover every frame involved:
+`validate_shift` runs one GX checkpoint (`tasks.gx_checkpoint`) whose validation definitions
+cover every frame involved:
 
-    original, retain, forget   the manifests: schema, types, nulls, unique ids, label range
+    original, retain, forget   the manifests, against the original's own schema (below)
     retain                     no id also in the forget set; retain + forget = original
     requested                  every requested id is in the forget set
     shift                      one row: forget fraction, KL(retain labels || original labels)
     classes                    one row per class: no class vanishes from the retain set
     attributes                 one row per (attribute, value): share before and after
+
+The schema is the original manifest's own (`tasks.manifest_schema`): its columns and types,
+missing values only where it has them, numbers and dates within its ranges, and the value
+shares of its categorical columns, which the `attributes` frame compares.
 
 The measures GX has no expectation for (KL, per-class and per-attribute shares) are computed
 here with pandas into small frames, and their bounds are expectations over those frames, so
@@ -17,11 +21,8 @@ every check of a request lands in the one checkpoint result.
 
 from __future__ import annotations
 
-import pickle
 import re
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,19 +30,21 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.gx_checkpoint import Check, checks_from, described, gx_frame, result_json, run_checkpoint
+from tasks.manifest_schema import CORE_COLUMNS, ManifestColumn, manifest_columns, shown
 from uib.samples import DataError
 
+__all__ = [
+    "Check",
+    "ShiftPolicy",
+    "ValidationReport",
+    "manifest_columns",
+    "validate_shift",
+    "validate_shift_task",
+]
+
 ID_COLUMNS = ("sample_id", "split", "label")
-REQUIRED_COLUMNS = {
-    "sample_id": ["str"],
-    "split": ["str"],
-    "label": ["int64", "int32", "int16", "int8", "uint8"],
-    "original_label": ["int64", "int32", "int16", "int8", "uint8"],
-    "source": ["str"],
-    "corruption": ["str"],
-    "patched": ["bool"],
-}
-ATTRIBUTES = ("source", "corruption", "patched")
+LABEL_COLUMNS = ("label", "original_label")
 
 
 class ShiftPolicy(BaseModel):
@@ -58,13 +61,6 @@ class ShiftPolicy(BaseModel):
         description="largest change of any attribute value's share of the training rows",
     )
     allow_class_removal: bool = False
-
-
-class Check(BaseModel):
-    name: str
-    success: bool
-    observed: Any = None
-    threshold: Any = None
 
 
 class ValidationReport(BaseModel):
@@ -142,62 +138,75 @@ def label_kl(retain_labels: pd.Series, original_labels: pd.Series) -> float:
     return float(np.sum(p[nz] * np.log(p[nz] / q[nz])))
 
 
-def _attribute_frame(original: pd.DataFrame, retain: pd.DataFrame) -> pd.DataFrame:
+def _as_keys(column: pd.Series) -> pd.Series:
+    """A categorical column's values as the text of their keys; a missing value as one more."""
+    return column.astype(object).where(column.notna(), "<missing>").astype(str)
+
+
+def _attribute_frame(
+    original: pd.DataFrame, retain: pd.DataFrame, columns: list[ManifestColumn]
+) -> pd.DataFrame:
     rows = []
-    for attr in ATTRIBUTES:
-        if attr not in original.columns or attr not in retain.columns:
-            continue
-        values = sorted(original[attr].astype(str).unique())
-        before = _shares(original[attr].astype(str), values)
-        after = _shares(retain[attr].astype(str), values)
+    for attr in (c.name for c in columns if c.categorical and c.name in retain.columns):
+        values = sorted(_as_keys(original[attr]).unique())
+        before = _shares(_as_keys(original[attr]), values)
+        after = _shares(_as_keys(retain[attr]), values)
         for v in values:
             rows.append((f"{attr}={v}", before[v], after[v], abs(after[v] - before[v])))
     frame = pd.DataFrame(rows, columns=["key", "share_before", "share_after", "shift"])
+    frame = frame.astype(
+        {"key": object, "share_before": float, "share_after": float, "shift": float}
+    )
     return frame.set_index("key", drop=False).rename_axis(None)
 
 
-def _as_gx_frame(frame: pd.DataFrame, index: str | None) -> pd.DataFrame:
-    """A copy GX can type-check: string columns as Python `str` objects, `index` as the index.
-
-    GX 1.x compares a pandas column's dtype by name and does not know pandas 3's `str`
-    dtype; given an object column it checks the Python type of every value instead. The index
-    is what GX reports as the position of a failing row, so it is set to the id.
-    """
-    out = frame.copy()
-    for col in out.columns:
-        if pd.api.types.is_string_dtype(out[col].dtype) and out[col].dtype != object:
-            out[col] = out[col].astype(object)
-    if index is not None:
-        out.index = pd.Index(out[index].astype(object), name=None)
-    return out
+# --------------------------------------------------------------------------- suites
 
 
-# --------------------------------------------------------------------------- GX
+def _manifest_expectations(
+    gxe, frame: str, columns: list[ManifestColumn], num_classes: int, splits: list[str]
+) -> list:
+    """A manifest's schema: the original needs the core columns, retain and forget all the
+    original's; every column its type, no missing value where the original has none, and
+    a number or date within the original's range."""
+    required = list(CORE_COLUMNS) if frame == "original" else [c.name for c in columns]
 
-
-def _manifest_expectations(gxe, frame: str, num_classes: int, splits: list[str]) -> list:
     def meta(what: str, threshold: Any = None) -> dict:
-        return {"check": f"{frame}: {what}", "threshold": threshold}
+        return described(f"{frame}: {what}", threshold)
 
     exps = [
         gxe.ExpectTableColumnsToMatchSet(
-            column_set=list(REQUIRED_COLUMNS),
-            exact_match=False,
-            meta=meta("required columns", sorted(REQUIRED_COLUMNS)),
+            column_set=required, exact_match=False, meta=meta("required columns", sorted(required))
         ),
         gxe.ExpectColumnValuesToBeUnique(column="sample_id", meta=meta("sample_id unique")),
         gxe.ExpectColumnValuesToBeInSet(
             column="split", value_set=splits, meta=meta("split values", splits)
         ),
     ]
-    for col, types in REQUIRED_COLUMNS.items():
+    for col in columns:
+        types = list(col.types)
         exps.append(
             gxe.ExpectColumnValuesToBeInTypeList(
-                column=col, type_list=types, meta=meta(f"{col} type", types)
+                column=col.name, type_list=types, meta=meta(f"{col.name} type", types)
             )
         )
-        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(f"{col} not null")))
-    for col in ("label", "original_label"):
+        if col.not_null:
+            exps.append(
+                gxe.ExpectColumnValuesToNotBeNull(
+                    column=col.name, meta=meta(f"{col.name} not null")
+                )
+            )
+        if col.bounds is not None and frame != "original":  # its own range: nothing to check
+            low, high = col.bounds
+            exps.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col.name,
+                    min_value=low,
+                    max_value=high,
+                    meta=meta(f"{col.name} within the original's range", [shown(low), shown(high)]),
+                )
+            )
+    for col in LABEL_COLUMNS:
         exps.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column=col,
@@ -209,98 +218,72 @@ def _manifest_expectations(gxe, frame: str, num_classes: int, splits: list[str])
     return exps
 
 
-def _run_checkpoint(frames: dict[str, pd.DataFrame], suites: dict[str, list]):
-    """Run one GX checkpoint with a validation definition per frame; return its result."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
+def _suites(
+    policy: ShiftPolicy,
+    columns: list[ManifestColumn],
+    num_classes: int,
+    forget: pd.DataFrame,
+    n_original: int,
+) -> dict[str, list]:
+    import great_expectations.expectations as gxe
 
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        progress_bars=ProgressBarsConfig(globally=False),
-    )
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    source = context.data_sources.add_pandas("deletion_request")
-    definitions = []
-    with tempfile.TemporaryDirectory(prefix="uib-gx-") as tmp:
-        for name, frame in frames.items():
-            path = Path(tmp) / f"{name}.pkl"
-            with path.open("wb") as f:
-                pickle.dump(frame, f, protocol=pickle.HIGHEST_PROTOCOL)
-            batch = source.add_pickle_asset(name, filepath_or_buffer=path)
-            suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
-            for expectation in suites[name]:
-                suite.add_expectation(expectation)
-            definitions.append(
-                context.validation_definitions.add(
-                    gx.ValidationDefinition(
-                        name=name,
-                        data=batch.add_batch_definition_whole_dataframe("whole"),
-                        suite=suite,
-                    )
-                )
-            )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name="deletion_request_shift",
-                validation_definitions=definitions,
-                actions=[],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
-            )
-        )
-        return checkpoint.run()
-
-
-def _row_key(index: Any) -> Any:
-    """The id of a failing row as GX reports it (`{"sample_id": "x"}` -> `"x"`)."""
-    if isinstance(index, dict):
-        for key in ("sample_id", "label", "key"):
-            if key in index:
-                return index[key]
-    return index
-
-
-def _checks_from(result) -> list[Check]:
-    from great_expectations.util import convert_to_json_serializable
-
-    checks = []
-    for run in result.run_results.values():
-        for r in run.results:
-            meta = r.expectation_config.meta or {}
-            res = r.result or {}
-            if r.exception_info.get("raised_exception") or any(
-                isinstance(v, dict) and v.get("raised_exception") for v in r.exception_info.values()
-            ):
-                observed: Any = "could not be evaluated (column missing or wrong type)"
-            elif "observed_value" in res:
-                observed = res["observed_value"]
-            else:
-                observed = {
-                    "unexpected": res.get("unexpected_count", 0),
-                    "examples": [
-                        _row_key(i) for i in res.get("partial_unexpected_index_list", [])[:5]
-                    ],
-                }
-            checks.append(
-                Check(
-                    name=meta.get("check", r.expectation_config.type),
-                    success=bool(r.success),
-                    observed=convert_to_json_serializable(observed),
-                    threshold=meta.get("threshold"),
-                )
-            )
-    return checks
-
-
-def _result_json(result) -> dict:
+    forget_ids = sorted(forget["sample_id"].astype(str).unique())
+    min_count = 0 if policy.allow_class_removal else 1
+    n_retain = n_original - len(forget)
     return {
-        "name": result.name,
-        "success": bool(result.success),
-        "run_id": result.run_id.to_json_dict(),
-        "validation_results": [run.to_json_dict() for run in result.run_results.values()],
+        "original": _manifest_expectations(
+            gxe, "original", columns, num_classes, ["train", "test"]
+        ),
+        "retain": [
+            *_manifest_expectations(gxe, "retain", columns, num_classes, ["train", "test"]),
+            gxe.ExpectColumnValuesToNotBeInSet(
+                column="sample_id",
+                value_set=forget_ids,
+                meta=described("no id in both retain and forget", 0),
+            ),
+            gxe.ExpectTableRowCountToEqual(
+                value=n_retain,
+                meta=described("retain rows = original rows - forget rows", n_retain),
+            ),
+        ],
+        "forget": _manifest_expectations(gxe, "forget", columns, num_classes, ["train"]),
+        "requested": [
+            gxe.ExpectColumnValuesToBeInSet(
+                column="sample_id",
+                value_set=forget_ids,
+                meta=described("every requested id in the forget set", 0),
+            )
+        ],
+        "shift": [
+            gxe.ExpectColumnMaxToBeBetween(
+                column="forget_fraction",
+                max_value=policy.max_forget_fraction,
+                meta=described("forget fraction", policy.max_forget_fraction),
+            ),
+            gxe.ExpectColumnMaxToBeBetween(
+                column="label_kl",
+                max_value=policy.label_kl_tolerance,
+                meta=described("label KL(retain || original)", policy.label_kl_tolerance),
+            ),
+        ],
+        "classes": [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="count_after",
+                min_value=min_count,
+                meta=described(
+                    "no class removed from retain"
+                    + (" (removal allowed by policy)" if policy.allow_class_removal else ""),
+                    min_count,
+                ),
+            )
+        ],
+        "attributes": [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="shift",
+                max_value=policy.attribute_tolerance,
+                meta=described("attribute share shift", policy.attribute_tolerance),
+            )
+        ],
     }
 
 
@@ -317,10 +300,11 @@ def validate_shift(
 ) -> ValidationReport:
     """Validate the split of `original_manifest` into retain and forget for a request.
 
-    Manifests hold one row per sample (`sample_id, split, label, original_label, source,
-    corruption, patched`); the retain manifest may include test rows, the forget manifest
-    must hold training rows only. Distributions are compared over training rows.
-    `num_classes` defaults to the largest label of the original manifest plus one.
+    Manifests hold one row per sample: the core columns `sample_id, split, label,
+    original_label` and any attribute columns (built-in data: `source, corruption,
+    patched`). The retain manifest may include test rows, the forget manifest must hold
+    training rows only. Distributions are compared over training rows. `num_classes`
+    defaults to the largest label of the original manifest plus one.
     """
     policy = policy or ShiftPolicy()
     for name, frame in (
@@ -337,8 +321,13 @@ def validate_shift(
     if num_classes is None:
         num_classes = int(original_manifest["label"].max()) + 1
 
-    orig_train, retain_train = _train(original_manifest), _train(retain_manifest)
-    forget_fraction = len(forget_manifest) / max(len(orig_train), 1)
+    original, retain, forget = (
+        gx_frame(frame, "sample_id")
+        for frame in (original_manifest, retain_manifest, forget_manifest)
+    )
+    columns = manifest_columns(original)
+    orig_train, retain_train = _train(original), _train(retain)
+    forget_fraction = len(forget) / max(len(orig_train), 1)
     kl = label_kl(retain_train["label"], orig_train["label"])
     classes = list(range(num_classes))
     before = _shares(orig_train["label"], classes)
@@ -354,25 +343,25 @@ def validate_shift(
         }
     )
     present = class_frame[class_frame["count_before"] > 0]
-    attributes = _attribute_frame(orig_train, retain_train)
+    attributes = _attribute_frame(orig_train, retain_train, columns)
     summary = pd.DataFrame(
-        {"forget_fraction": [forget_fraction], "label_kl": [kl], "n_forget": [len(forget_manifest)]}
+        {"forget_fraction": [forget_fraction], "label_kl": [kl], "n_forget": [len(forget)]}
     )
 
     frames = {
-        "original": _as_gx_frame(original_manifest, "sample_id"),
-        "retain": _as_gx_frame(retain_manifest, "sample_id"),
-        "forget": _as_gx_frame(forget_manifest, "sample_id"),
-        "requested": _as_gx_frame(pd.DataFrame({"sample_id": requested}), "sample_id"),
+        "original": original,
+        "retain": retain,
+        "forget": forget,
+        "requested": gx_frame(pd.DataFrame({"sample_id": requested}), "sample_id"),
         "shift": summary,
-        "classes": _as_gx_frame(present, "label"),
+        "classes": gx_frame(present, "label"),
         "attributes": attributes,
     }
-    suites = _suites(policy, num_classes, forget_manifest, len(original_manifest))
-    result = _run_checkpoint(frames, suites)
+    suites = _suites(policy, columns, num_classes, forget, len(original))
+    result = run_checkpoint(frames, suites, name="deletion_request_shift")
     return ValidationReport(
         success=bool(result.success),
-        checks=_checks_from(result),
+        checks=checks_from(result),
         label_kl=kl,
         forget_fraction=forget_fraction,
         class_proportions_before=before,
@@ -383,76 +372,8 @@ def validate_shift(
         attribute_proportions_after=dict(
             zip(attributes["key"], attributes["share_after"], strict=True)
         ),
-        gx_result=_result_json(result),
+        gx_result=result_json(result),
     )
-
-
-def _suites(
-    policy: ShiftPolicy, num_classes: int, forget: pd.DataFrame, n_original: int
-) -> dict[str, list]:
-    import great_expectations.expectations as gxe
-
-    forget_ids = sorted(forget["sample_id"].astype(str).unique())
-    min_count = 0 if policy.allow_class_removal else 1
-    return {
-        "original": _manifest_expectations(gxe, "original", num_classes, ["train", "test"]),
-        "retain": [
-            *_manifest_expectations(gxe, "retain", num_classes, ["train", "test"]),
-            gxe.ExpectColumnValuesToNotBeInSet(
-                column="sample_id",
-                value_set=forget_ids,
-                meta={"check": "no id in both retain and forget", "threshold": 0},
-            ),
-            gxe.ExpectTableRowCountToEqual(
-                value=n_original - len(forget),
-                meta={
-                    "check": "retain rows = original rows - forget rows",
-                    "threshold": n_original - len(forget),
-                },
-            ),
-        ],
-        "forget": _manifest_expectations(gxe, "forget", num_classes, ["train"]),
-        "requested": [
-            gxe.ExpectColumnValuesToBeInSet(
-                column="sample_id",
-                value_set=forget_ids,
-                meta={"check": "every requested id in the forget set", "threshold": 0},
-            )
-        ],
-        "shift": [
-            gxe.ExpectColumnMaxToBeBetween(
-                column="forget_fraction",
-                max_value=policy.max_forget_fraction,
-                meta={"check": "forget fraction", "threshold": policy.max_forget_fraction},
-            ),
-            gxe.ExpectColumnMaxToBeBetween(
-                column="label_kl",
-                max_value=policy.label_kl_tolerance,
-                meta={
-                    "check": "label KL(retain || original)",
-                    "threshold": policy.label_kl_tolerance,
-                },
-            ),
-        ],
-        "classes": [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="count_after",
-                min_value=min_count,
-                meta={
-                    "check": "no class removed from retain"
-                    + (" (removal allowed by policy)" if policy.allow_class_removal else ""),
-                    "threshold": min_count,
-                },
-            )
-        ],
-        "attributes": [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="shift",
-                max_value=policy.attribute_tolerance,
-                meta={"check": "attribute share shift", "threshold": policy.attribute_tolerance},
-            )
-        ],
-    }
 
 
 @task(name="validate-shift")

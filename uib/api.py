@@ -11,6 +11,7 @@ from torch import nn
 
 from uib import methods
 from uib.device import Precision, peak_memory_mb, reset_peak_memory, select_device
+from uib.models import set_training, spec_of
 from uib.samples import DataError, Samples
 from uib.train import TrainConfig, to_tensors
 
@@ -42,7 +43,8 @@ def check_request(
 
     An empty forget set is refused unless the method reads none of it (`retrain`, run for a
     request whose forget samples are already erased)."""
-    num_classes = model.spec.num_classes
+    spec = spec_of(model)
+    num_classes = spec.num_classes
     if len(forget) == 0 and reads_forget:
         raise DataError("forget set is empty: nothing to unlearn")
     if len(retain) == 0:
@@ -50,10 +52,10 @@ def check_request(
     for name, part in (("forget", forget), ("retain", retain), ("validation", validation)):
         if part is not None:
             part.check(num_classes, name)
-            if tuple(part.x.shape[1:]) != tuple(model.spec.image_shape):
+            if tuple(part.x.shape[1:]) != tuple(spec.image_shape):
                 raise DataError(
                     f"{name}: images of shape {part.x.shape[1:]}, the model takes "
-                    f"{model.spec.image_shape}"
+                    f"{spec.image_shape}"
                 )
     overlap = set(forget.ids.tolist()) & set(retain.ids.tolist())
     if overlap:
@@ -101,7 +103,8 @@ def unlearn(
     )
     num_classes = check_request(model, forget, retain, validation, entry.reads_forget)
     device = select_device(device or "auto")
-    original = copy.deepcopy(model).to(device).eval()
+    original = copy.deepcopy(model).to(device)
+    set_training(original, False)
     work = copy.deepcopy(original)
     fx, fy = to_tensors(forget, device)
     rx, ry = to_tensors(retain, device)
@@ -128,7 +131,7 @@ def unlearn(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    result.eval()
+    set_training(result, False)
     report = UnlearnReport(
         method=method,
         config=cfg.model_dump(),

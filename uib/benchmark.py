@@ -53,11 +53,22 @@ class BenchmarkConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arch: str | None = None
     epochs: int | None = Field(None, description="override the recipe's epochs (never for reports)")
+    recipe: TrainConfig | None = Field(
+        None, description="the original's and retrain's recipe; default: the dataset's"
+    )
     method_configs: dict[str, dict] = Field(default_factory=dict)
     noise_floor: bool = Field(
         False, description="add `retrain-reseeded`: retrain from another init"
     )
     device: str = "auto"
+
+    def recipe_for(self, dataset_name: str, seed: int) -> TrainConfig:
+        """`recipe` (a team's, from `--recipe`) or the dataset's, with `epochs` and `seed` set."""
+        base = self.recipe or TrainConfig.for_dataset(dataset_name)
+        return base.model_copy(
+            update={"seed": seed, **({"epochs": self.epochs} if self.epochs else {})}
+        )
+
     progress: bool = True
 
 
@@ -92,9 +103,7 @@ def run_seed(config: BenchmarkConfig, seed: int, dataset) -> list[dict]:
     scenarios = scenarios_of(config, seed, dataset)
     training = scenarios[0].dataset
     validation, test = split_validation(training.test)
-    recipe = TrainConfig.for_dataset(
-        dataset.name, seed=seed, **({"epochs": config.epochs} if config.epochs else {})
-    )
+    recipe = config.recipe_for(dataset.name, seed)
     torch.manual_seed(seed)
     arch = config.arch or default_arch(dataset.image_shape)
     original = build_model(arch, dataset.image_shape, dataset.num_classes)
@@ -233,8 +242,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     results.to_csv(out / "results.csv", index=False)
     header = (
         f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
-        f"Recipe: {TrainConfig.for_dataset(config.dataset).model_dump()}"
-        f"{f' (epochs overridden to {config.epochs})' if config.epochs else ''}; "
+        f"Recipe: {config.recipe_for(dataset.name, seed=0).model_dump(exclude={'seed'})}; "
         f"device {config.device}.\n\n"
     )
     (out / "results.md").write_text(header + summarise(results))

@@ -1,7 +1,8 @@
 """The fifteen MNIST-C corruptions (Mu & Gilmer, 2019) as batched NumPy/SciPy functions.
 
 Each takes images (N, H, W) or (N, 1, H, W) in [0, 1] and a seed or `np.random.Generator`, and
-returns a new float32 array of the same shape in [0, 1]. Severities follow MNIST-C's defaults on
+returns a new float32 array of the same shape in [0, 1]; `apply_per_channel` takes images of any
+number of channels (N, C, H, W). Severities follow MNIST-C's defaults on
 28×28; lengths in pixels (blur sigmas, shifts, line widths) scale with the image height, so the
 same corruption also reads on 8×8 digits.
 """
@@ -32,6 +33,26 @@ def apply(
     if kind not in CORRUPTIONS:
         raise DataError(f"corruption: unknown kind {kind!r}; known: {', '.join(available())}")
     return CORRUPTIONS[kind](x, rng_or_seed, **params)
+
+
+def apply_per_channel(
+    kind: str, x: np.ndarray, rng_or_seed: np.random.Generator | int = 0, **params
+) -> np.ndarray:
+    """`kind` applied to images (N, C, H, W) of any number of channels: each channel in turn
+    with the same random draws (the same rotation, noise mask, blob or line in every channel of
+    an image). One channel gives exactly `apply`, and leaves a passed generator where `apply`
+    would. On colour images `brightness` adds to every channel (a step towards white), and
+    `canny_edges` finds edges per channel."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise DataError(f"corruption {kind}: need images (N, C, H, W), got {x.shape}")
+    rng = np.random.default_rng(rng_or_seed)
+    start = rng.bit_generator.state
+    out = np.empty(x.shape, np.float32)
+    for c in range(x.shape[1]):
+        rng.bit_generator.state = start
+        out[:, c] = apply(kind, x[:, c], rng, **params)
+    return out
 
 
 def corruption(fn: Callable[..., np.ndarray]) -> Corruption:

@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from uib.models import spec_of
 from uib.samples import Samples
 from uib.train import predict_logits
 
@@ -204,7 +205,7 @@ def evaluate(
         mia_features(logits["retain"], retain.y), mia_features(logits["test"], test.y), seed=seed
     )
     forget_acc = accuracy(preds["forget"], forget.y)
-    num_classes = model.spec.num_classes
+    num_classes = spec_of(model).num_classes
     per_class = [
         accuracy(preds["test"][test.y == c], test.y[test.y == c]) for c in range(num_classes)
     ]

@@ -13,10 +13,10 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Samples:
-    """Images, labels and stable ids, aligned by position.
+    """Inputs, labels and stable ids, aligned by position.
 
-    `x` is float32 of shape (N, C, H, W) with values in [0, 1]; `y` is int64 of shape (N,);
-    `ids` holds one string `sample_id` per row.
+    `x` is float32: images (N, C, H, W) with values in [0, 1], or tabular features (N, F);
+    `y` is int64 of shape (N,); `ids` holds one string `sample_id` per row.
     """
 
     x: np.ndarray
@@ -25,8 +25,10 @@ class Samples:
 
     def __post_init__(self) -> None:
         n = len(self.x)
-        if self.x.ndim != 4:
-            raise DataError(f"x must have shape (N, C, H, W), got {self.x.shape}")
+        if self.x.ndim not in (2, 4):
+            raise DataError(
+                f"x must have shape (N, C, H, W) (images) or (N, F) (features), got {self.x.shape}"
+            )
         if len(self.y) != n or len(self.ids) != n:
             raise DataError(f"x, y and ids differ in length: {n}, {len(self.y)}, {len(self.ids)}")
 

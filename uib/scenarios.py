@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from uib import corruptions
-from uib.data import Dataset
+from uib.dataset import CLEAN_ATTRIBUTES, CLEAN_DTYPES, Dataset
 from uib.samples import DataError, Samples
 
 ScenarioName = Literal["patch-bias", "corruption", "class", "random", "class-sample"]
@@ -83,7 +83,7 @@ def patch_size(height: int) -> int:
 
 def paste_patch(x: np.ndarray) -> np.ndarray:
     """A copy of images (..., H, W) with a bright square (2×2 on 8×8, 4×4 on 28×28) in the
-    bottom-right corner, one pixel in from both edges."""
+    bottom-right corner, one pixel in from both edges: white in every channel."""
     out = np.array(x, copy=True)
     k = patch_size(out.shape[-2])
     out[..., -1 - k : -1, -1 - k : -1] = 1.0
@@ -100,15 +100,31 @@ def _stratified(y: np.ndarray, classes: Iterable[int], fraction: float, rng) -> 
 
 
 def _mark(manifest: pd.DataFrame, ids: np.ndarray, **columns) -> pd.DataFrame:
-    """A copy of `manifest` with `columns` set on the train rows of `ids`."""
+    """A copy of `manifest` with `columns` set on the train rows of `ids`. Data that lacks the
+    clean attributes (`source`, `corruption`, `patched`: a folder or arrays source) first gets
+    them, with their clean value on every row, so injected data always has all three."""
     out = manifest.copy()
+    for column, value in CLEAN_ATTRIBUTES.items():
+        if column not in out.columns:
+            out[column] = pd.Series(np.full(len(out), value), index=out.index).astype(
+                CLEAN_DTYPES[column]
+            )
     rows = out["sample_id"].isin(ids) & (out["split"] == "train")
     for column, value in columns.items():
         out.loc[rows, column] = value
     return out
 
 
+def _needs_images(dataset: Dataset, config: ScenarioConfig) -> None:
+    if dataset.train.x.ndim != 4:
+        raise DataError(
+            f"scenario {config.name}: changes images (N, C, H, W); {dataset.name} holds "
+            f"tabular features {dataset.image_shape}"
+        )
+
+
 def _patch_bias(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarray]:
+    _needs_images(dataset, config)
     rng = np.random.default_rng(config.seed)
     train, c = dataset.train, config.target_class
     others = [k for k in range(dataset.num_classes) if k != c]
@@ -122,11 +138,12 @@ def _patch_bias(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.n
 
 
 def _corruption(dataset: Dataset, config: ScenarioConfig) -> tuple[Dataset, np.ndarray]:
+    _needs_images(dataset, config)
     rng = np.random.default_rng(config.seed)
     train = dataset.train
     rows = _stratified(train.y, range(dataset.num_classes), config.fraction, rng)
     x = train.x.copy()
-    x[rows] = corruptions.apply(config.corruption, x[rows], rng)
+    x[rows] = corruptions.apply_per_channel(config.corruption, x[rows], rng)
     ids = train.ids[rows]
     manifest = _mark(dataset.manifest, ids, source="legacy", corruption=config.corruption)
     return dataset.with_train(Samples(x, train.y, train.ids), manifest), ids

@@ -106,6 +106,23 @@ CLI_CASES = [
         "where: forget set is empty: no train sample matches source=faulty AND source=nowhere",
     ),
     ("--where without =", ["--where", "source"], "--where: expected ATTR=VALUE"),
+    ("--where in (, unclosed", ["--where", "source in (faulty, clean"], "--where: expected ATTR="),
+    ("--where in (), an empty value", ["--where", "source in (faulty,,clean)"], "--where: 'source"),
+    (
+        "--where in (), a value of the wrong type",
+        ["--where", "original_label in (3, x)"],
+        "where: forget set: original_label in (3, x): 'x' does not fit the column's type int64",
+    ),
+    (
+        "--where <, on a text column",
+        ["--where", "source<faulty"],
+        "where: forget set: source<'faulty' does not fit the column's type str",
+    ),
+    (
+        "--where, not true or false for a bool",
+        ["--where", "patched=yes"],
+        "where: forget set: patched='yes' does not fit the column's type bool",
+    ),
     ("--where, control character", ["--where", "source=faulty\x1b[2J"], "--where: 'source="),
     ("huge reason", ["--ids", "digits-train-00001", "--reason", "x" * 5000], "reason"),
     ("control characters in the reason", ["--ids", "x", "--reason", "ok\x1b[2J\x07"], "reason"),
@@ -178,6 +195,33 @@ def test_repeated_where_clauses_all_hold(state):
     written = DeletionRequest(request_id="r", where=["source=faulty", "original_label=3"])
     assert stored_form.where == written.where
     assert str(written.where) == "original_label=3 AND source=faulty"
+
+
+def test_where_takes_every_operator_typed_by_the_manifest(state):
+    """`--where` forms beyond `=`: parsed by the CLI, then typed by the manifest's columns."""
+    from flows.cli_input import parse_where
+    from tasks.data_versioning import DataRepo
+    from tasks.predicates import Clause, select_samples
+
+    assert parse_where(["site in (b, a)", "collected_at<2024-01-01"]) == [
+        Clause(attribute="site", op="in", value=("a", "b")),
+        Clause(attribute="collected_at", op="<", value="2024-01-01"),
+    ]
+    manifest = DataRepo(state.data_repo).load_manifest()
+    train = manifest[manifest["split"] == "train"]
+
+    def chosen(*clauses: str) -> set[str]:
+        where = DeletionRequest(request_id="r", where=parse_where(list(clauses))).where
+        return set(select_samples(manifest, where=where))
+
+    def ids(rows) -> set[str]:
+        return set(train.loc[rows, "sample_id"])
+
+    assert chosen("original_label in (3, 4)") == ids(train["original_label"].isin([3, 4]))
+    assert chosen("original_label<2", "source!=faulty") == ids(
+        (train["original_label"] < 2) & (train["source"] != "faulty")
+    )
+    assert chosen("patched=true") == ids(train["patched"]) == chosen("source=faulty")
 
 
 def test_an_ids_file_of_100k_ids_travels_to_the_ledger(tmp_path):

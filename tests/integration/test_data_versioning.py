@@ -67,6 +67,16 @@ def test_load_round_trips_bit_for_bit(data_repo, patch_bias):
         pd.testing.assert_frame_equal(got.manifest, want.manifest.reset_index(drop=True))
 
 
+def test_default_class_names_are_not_written_and_read_back_as_default(data_repo):
+    """Versions written before class names existed hold none; they load as "0".."K-1", and
+    data with those names still writes the same dataset.json (the shipped hash)."""
+    repo, _ = data_repo
+    meta = (repo.root / "data" / "dataset.json").read_text()
+    assert "class_names" not in meta
+    got, _ = repo.load()
+    assert got.class_names == tuple(str(k) for k in range(10))
+
+
 def test_remove_rewrites_only_the_shards_that_held_the_samples(data_repo, patch_bias, tmp_path):
     repo, before = data_repo
     train = patch_bias.dataset.train

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from uib.device import Precision
+from uib.models import set_training
 from uib.train import TrainConfig
 
 
@@ -70,7 +71,8 @@ class UnlearnContext:
         return torch.Generator().manual_seed(self.seed * 1000 + offset)
 
     def frozen_original(self) -> nn.Module:
-        teacher = copy.deepcopy(self.original).eval()
+        teacher = copy.deepcopy(self.original)
+        set_training(teacher, False)
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher

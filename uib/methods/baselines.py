@@ -35,9 +35,7 @@ def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.
     recipe = ctx.train_config
     with ctx.phase("retrain"):
         fresh = fresh_copy(model, seed=recipe.seed + 1 + ctx.seed)
-        optimizer = torch.optim.Adam(
-            fresh.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-        )
+        optimizer = recipe.make_optimizer(fresh.parameters())
         losses = fit(
             fresh,
             ctx.retain_x,
@@ -49,6 +47,7 @@ def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.
             progress=ctx.progress,
             desc="retrain",
             precision=recipe.precision,
+            augment=recipe.augment,
         )
     ctx.loss_curve += [{"epoch": float(i), "retain_ce": v} for i, v in enumerate(losses)]
     ctx.losses["retain_ce"] = losses[-1]

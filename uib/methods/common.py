@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from uib.device import autocast
 from uib.methods.base import UnlearnContext
+from uib.models import set_training
 from uib.train import batches
 
 LossFn = Callable[
@@ -64,7 +65,7 @@ def paired_loop(
     optimizer = OPTIMIZERS[optimizer]([p for p in model.parameters() if p.requires_grad], lr)
     params = dict(model.named_parameters())
     forget_batch = max(1, min(batch_size, ctx.n_forget))
-    model.train()
+    set_training(model, True)
     for epoch in tqdm(range(epochs), desc=desc, disable=not ctx.progress, leave=False):
         forget_order = batches(ctx.n_forget, forget_batch, generator) if ctx.n_forget else []
         sums: dict[str, float] = {}
@@ -90,7 +91,7 @@ def paired_loop(
         ctx.loss_curve.append(
             {"epoch": float(epoch), **{k: v / max(steps, 1) for k, v in sums.items()}}
         )
-    model.eval()
+    set_training(model, False)
     if ctx.loss_curve:
         ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
     return model
@@ -108,7 +109,7 @@ def forget_loop(
     """Adam over the forget set alone (gradient ascent baselines)."""
     generator = ctx.generator(offset=11)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
+    set_training(model, True)
     for epoch in tqdm(range(epochs), desc=desc, disable=not ctx.progress, leave=False):
         sums: dict[str, float] = {}
         for idx in batches(ctx.n_forget, batch_size, generator):
@@ -122,7 +123,7 @@ def forget_loop(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         ctx.loss_curve.append({"epoch": float(epoch), **sums})
-    model.eval()
+    set_training(model, False)
     return model
 
 

@@ -22,6 +22,7 @@ from uib.curvature import (
 )
 from uib.methods.base import MethodConfig, UnlearnContext
 from uib.methods.common import stratified_sample
+from uib.models import set_training
 from uib.prior import clip_step, if_direction
 
 DEFAULT_ETA_GRID = [round(10 ** (k / 2), 14) for k in range(-18, 1)]  # 1e-9, 3.2e-9, …, 1
@@ -303,7 +304,7 @@ class ForgetScore:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        model.eval()
+        set_training(model, False)
         val_acc = accuracy(model, self.val_x, self.val_y)
         forget = torch.softmax(logits_of(model, self.forget_x), 1)
         forget_acc = float((forget.argmax(1) == self.forget_y).float().mean())

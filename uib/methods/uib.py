@@ -25,6 +25,7 @@ from uib.methods.if_step import (
     set_step,
 )
 from uib.methods.step_length import already_unseen, select_eta
+from uib.models import set_training
 from uib.objective import prior_kl, prior_pull
 from uib.prior import LayerPrior, build_prior
 from uib.train import batches
@@ -130,9 +131,9 @@ def optimise(
     forget_batch = min(config.batch_size, ctx.n_forget)
     if stop is not None and stop(model, accuracy(model, xs, ys)):
         ctx.notes["passes_run"] = 0
-        model.eval()
+        set_training(model, False)
         return
-    model.train()
+    set_training(model, True)
     # Losses and correct counts stay on the device through a pass and are read once after
     # it: a read per step would make the host wait for every CUDA step.
     for epoch in tqdm(range(config.passes), desc="uib", disable=not ctx.progress, leave=False):
@@ -177,9 +178,9 @@ def optimise(
         )
         if stop is not None and stop(model, int(correct) / len(ys)):
             break
-        model.train()
+        set_training(model, True)
     ctx.notes["passes_run"] = len(ctx.loss_curve)
-    model.eval()
+    set_training(model, False)
     ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
 
 
@@ -204,7 +205,7 @@ def run_uib(
         retain_target = accuracy(model, xs, ys) - config.stop_at_gap
 
         def stop(m: nn.Module, retain_acc: float) -> bool:
-            m.eval()
+            set_training(m, False)
             return (
                 retain_acc >= retain_target
                 and accuracy(m, scorer.val_x, scorer.val_y) >= val_target
