@@ -47,7 +47,9 @@ class DeletionRequest(BaseModel):
 
     request_id: str
     sample_ids: list[str] | None = Field(None, max_length=MAX_SAMPLE_IDS)
-    where: Predicate | None = Field(None, description="clauses (ATTR=V, ATTR!=V, ATTR<V, ATTR in (A, B), …), all of which hold")
+    where: Predicate | None = Field(
+        None, description="clauses (ATTR=V, ATTR!=V, ATTR<V, ATTR in (A, B), …), all of which hold"
+    )
     reason: str = Field("", max_length=MAX_REASON)
     requested_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     allow_class_removal: StrictBool = False
