@@ -128,3 +128,24 @@ def test_uib_unlearns_an_exported_model_exactly_as_the_module_it_came_from(digit
         graph, forget, retain, "retrain", train_config=TrainConfig(epochs=2), progress=False
     )
     assert is_exported(retrained) and not is_training(retrained)
+
+
+def test_uib_passes_keep_batchnorm_statistics_unless_asked_to_train_them(digits):
+    """`batchnorm="frozen"` (the default) runs the passes as the model is evaluated; "train"
+    lets BatchNorm re-estimate its running statistics from retain batches."""
+    scenario = build_scenario(digits)
+    retain, forget = scenario.split()
+    validation, _ = split_validation(scenario.dataset.test)
+    torch.manual_seed(0)
+    model = attach_spec(
+        TeamNet().eval(), ModelSpec(arch=ADOPTED, image_shape=(1, 8, 8), num_classes=10)
+    )
+    config = {"eta": 1e-3, "stop_at_gap": None, "passes": 1}
+    stats = {}
+    for mode in ("frozen", "train"):
+        candidate, _ = uib.unlearn(
+            model, forget, retain, "uib", {**config, "batchnorm": mode}, progress=False
+        )
+        stats[mode] = candidate.bn.running_mean
+    torch.testing.assert_close(stats["frozen"], model.bn.running_mean)
+    assert not torch.allclose(stats["train"], model.bn.running_mean)

@@ -61,6 +61,12 @@ class UIBConfig(CurvatureConfig):
         "set, whose step is short and costs little to win back",
     )
     batch_size: int = Field(64, ge=1)
+    batchnorm: Literal["frozen", "train"] = Field(
+        "frozen",
+        description="frozen: the passes run the model as it is evaluated (BatchNorm on its running "
+        "statistics, dropout off); train: BatchNorm re-estimates them from retain batches, which "
+        "on a ResNet-18 cost 17 pp of test accuracy (docs/METHOD.md)",
+    )
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
 
@@ -133,7 +139,8 @@ def optimise(
         ctx.notes["passes_run"] = 0
         set_training(model, False)
         return
-    set_training(model, True)
+    training = config.batchnorm == "train"
+    set_training(model, training)
     # Losses and correct counts stay on the device through a pass and are read once after
     # it: a read per step would make the host wait for every CUDA step.
     for epoch in tqdm(range(config.passes), desc="uib", disable=not ctx.progress, leave=False):
@@ -178,7 +185,7 @@ def optimise(
         )
         if stop is not None and stop(model, int(correct) / len(ys)):
             break
-        set_training(model, True)
+        set_training(model, training)
     ctx.notes["passes_run"] = len(ctx.loss_curve)
     set_training(model, False)
     ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
