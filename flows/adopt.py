@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.adoption import AdoptionError, FitReport, check_fit, load_team_model
 from tasks.data_versioning import DataRepo, DataVersion, version_dataset
+from tasks.private_state import private_dir, write_private
 from tasks.registry import champion, client_for, find_versions, log_model, promote
 from tasks.review_page import mlflow_version_url
 from tasks.settings import Settings
@@ -140,10 +141,11 @@ def register_adopted(
 
 
 def keep_recipe(settings: Settings, recipe: TrainConfig) -> None:
+    """Written beside and moved into place, private like every file of the state folder."""
     path = settings.recipe_path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")
+    write_private(tmp, json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")
     tmp.replace(path)
 
 

@@ -59,6 +59,7 @@ def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -
         policy,
         resolved.dataset.num_classes,
         request.request_id,
+        settings.salt(),  # the report and its GX result name the ids by salted hash only
     )
     if not report.success:
         raise RequestRefused(

@@ -116,10 +116,11 @@ def request_delete(
     """Honour one deletion request.
 
     Both modes first check it: exit 2 naming the field, with nothing recorded, when it is
-    malformed or cannot apply to the current data version. With PREFECT_API_URL set: record
-    it as pending and emit `uib.deletion.requested` for the `unlearn-on-event` deployment;
-    print the request id and return (follow it with `uib requests`). Otherwise run the
-    `unlearn` flow here; exit 1 with the reason when it is refused or fails a gate.
+    malformed or cannot apply to the current data version, then record it in the ledger and
+    hand it on by reference (its ids stay in the ledger, never in a Prefect parameter or
+    event). With PREFECT_API_URL set: emit `uib.deletion.requested` for the `unlearn-on-event`
+    deployment; print the request id and return (follow it with `uib requests`). Otherwise run
+    the `unlearn` flow here; exit 1 with the reason when it is refused or fails a gate.
     """
     quiet_prefect()
     progress("request delete: checking the request against the current data version…")
@@ -157,10 +158,16 @@ def request_delete(
         "here — validate, version the data, unlearn, gate, register, erase…"
     )
     from flows.unlearn import GatesFailed, unlearn_flow
+    from tasks.requests import RequestLedger, RequestRef
 
     try:
+        RequestLedger(settings.ledger_path, salt=settings.salt).submit(request)
+    except ValueError as error:  # sent with other content since `check_request`
+        raise invalid("request", error) from error
+    reference = RequestRef(request_id=request.request_id).model_dump(mode="json")
+    try:
         with clean_failures(Terminal.debug), prefect_api():
-            outcome = unlearn_flow(request.model_dump(mode="json"), settings.overrides())
+            outcome = unlearn_flow(reference, settings.overrides())
     except Exception as error:
         exit_code = fail(f"request {request.request_id} not approved", error, expected_failures())
         if isinstance(error, GatesFailed):
@@ -193,7 +200,11 @@ def check_request(request, settings):
     if not (settings.data_repo / ".dvc").is_dir():
         typer.echo("error: no data version yet: run `uib train` first", err=True)
         raise typer.Exit(1)
-    ledger = RequestLedger(settings.ledger_path) if settings.ledger_path.exists() else None
+    ledger = (
+        RequestLedger(settings.ledger_path, salt=settings.salt)
+        if settings.ledger_path.exists()
+        else None
+    )
     try:
         return Intake(DataRepo(settings.data_repo), ledger).check(request)
     except RequestInvalid as error:
@@ -201,9 +212,9 @@ def check_request(request, settings):
 
 
 def submit_by_event(request, settings, existing) -> dict:
-    """After `check_request`: the ledger, then the event; exit 2 for a request too large to
-    travel as an event, 1 when the event is not delivered."""
-    from tasks.events import emit_deletion_request, event_too_large
+    """After `check_request`: the ledger, then the event, which names the request by reference
+    (of any size); exit 1 when the event is not delivered."""
+    from tasks.events import emit_deletion_request
     from tasks.requests import RequestLedger, RequestState
 
     settled = (
@@ -212,7 +223,7 @@ def submit_by_event(request, settings, existing) -> dict:
         RequestState.HELD,
         RequestState.WITHDRAWN,
     )  # held: reviewed with `uib request …`, not sent again
-    ledger = RequestLedger(settings.ledger_path)
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
     orphaned = existing is not None and ledger.owner_gone(existing)  # its run was killed
     if existing is not None and not orphaned and (existing.state in settled or existing.reviews):
         return {
@@ -221,8 +232,6 @@ def submit_by_event(request, settings, existing) -> dict:
             "event_id": None,
             "duplicate": True,
         }
-    if why := event_too_large(request):
-        raise invalid("request", ValueError(why))
     try:
         record, _ = ledger.submit(request)
     except ValueError as error:  # sent with other content since `check_request`
@@ -232,7 +241,8 @@ def submit_by_event(request, settings, existing) -> dict:
         why = f"submitted again: {orphaned}" if orphaned else "submitted again"
         record = ledger.update(request.request_id, RequestState.PENDING, why)
     try:
-        event = emit_deletion_request(request, record.updated_at.isoformat() if rerun else "")
+        attempt = record.updated_at.isoformat() if rerun else ""
+        event = emit_deletion_request(request, attempt, by_reference=True)
     except Exception as error:
         typer.echo(
             f"error: the event for request {request.request_id} was not delivered "

@@ -13,7 +13,7 @@ from tasks.data_versioning import DataRepo, DataVersion, read_staged
 from tasks.erasure import audit_path, erase_request, read_audit, update_audit
 from tasks.predicates import select_samples
 from tasks.registry import champion, client_for, gate_report_of, log_audit, promote
-from tasks.requests import DeletionRequest, RequestState
+from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.review_page import selection_text
 from tasks.settings import Settings
 
@@ -28,7 +28,8 @@ def erase_and_audit(
     final: Attempt,
     state: RequestState,
 ) -> str:
-    """Erase the forget set and write the audit record, whatever the gates said."""
+    """Erase the forget set and write the audit record, whatever the gates said; from then on
+    the ledger names the request's (and its batch members') samples by salted hash only."""
     audit = erase_request(
         settings.data_repo,
         request.request_id,
@@ -45,8 +46,16 @@ def erase_and_audit(
         model_outcome=state.value,
         selection=selection_text(request),
     )
+    hash_erased_ids(settings, request.request_id)
     log_audit(settings, final.run_id, audit["audit_path"])
     return audit["audit_path"]
+
+
+def hash_erased_ids(settings: Settings, request_id: str) -> None:
+    """The request's forget set is erased (its audit record exists): the ledger keeps its ids,
+    and its batch members', as salted hashes only. Called again by every later run of it, so a
+    crash between the record and the ledger leaves nothing raw."""
+    RequestLedger(settings.ledger_path, salt=settings.salt).redact_ids(request_id)
 
 
 def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
@@ -75,6 +84,7 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
             model_version_after=final.model_version,
             gate_results=gates.model_dump(mode="json"),
         )
+        hash_erased_ids(settings, request.request_id)
         path = str(audit_path(settings.audit_dir, request.request_id))
         log_audit(settings, version.run_id, path)
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from tasks.data_versioning import DataRepo
 from tasks.mlflow_runs import close_orphaned_runs
-from tasks.requests import RequestLedger, RequestRecord, RequestState
+from tasks.requests import RequestLedger, RequestRecord, RequestRef, RequestState
 from tasks.settings import Settings
 
 
@@ -48,7 +48,9 @@ def recover_orphans(settings: Settings, ledger: RequestLedger, logger) -> list[s
             continue
         logger.warning("request %s is running but %s: running it again", record.request_id, why)
         try:
-            unlearn_flow(record.request.model_dump(mode="json"), settings.overrides())
+            unlearn_flow(
+                RequestRef(request_id=record.request_id).model_dump(), settings.overrides()
+            )
         except Exception as error:  # recorded in the ledger by the run itself
             logger.warning("request %s: the rerun ended with %s", record.request_id, error)
         recovered.append(record.request_id)

@@ -45,7 +45,15 @@ from tasks.registry import (
     tag_version,
     untag_version,
 )
-from tasks.requests import PARKED, RequestLedger, RequestRecord, RequestState, Review
+from tasks.registry_hygiene import mark_erased_lineage
+from tasks.requests import (
+    PARKED,
+    RequestLedger,
+    RequestRecord,
+    RequestRef,
+    RequestState,
+    Review,
+)
 from tasks.settings import Settings
 from tasks.unlearning import FORGET_FREE
 
@@ -80,7 +88,7 @@ def review_request(
     settings: Settings, request_id: str, review: Review, method: str = "retrain"
 ) -> ReviewResult:
     """Apply one review action; `method` is what `retry` runs. KeyError: unknown request."""
-    ledger = RequestLedger(settings.ledger_path)
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
     with ledger.serialized():
         record = ledger.get(request_id)
         check_applies(record, review.action)
@@ -163,6 +171,7 @@ def complete_approval(
     message = f"approved on review by {review.by}: {review.reason} (failed {failed})"
     outcome = outcome.model_copy(update={"state": S.APPROVED, "note": message})
     ledger.review(rid, review, S.APPROVED, message)
+    mark_erased_lineage(settings, rid, outcome.parent_model_version)
     record = ledger.update(
         rid, S.APPROVED, model_version=version, outcome=outcome.model_dump(mode="json")
     )
@@ -196,8 +205,11 @@ def close(
                 f"failed {failed_gates(record)}; {verb} by {review.by}: {review.reason}",
             ),
         )
-    if read_audit(settings.audit_dir, rid) is not None:
+    if read_audit(settings.audit_dir, rid) is not None:  # erased: its models carry it still
         record_in_audit(settings, rid, review, state.value, None, client)
+        candidate = client.get_model_version(settings.model_name, version) if version else None
+        parent = candidate.tags.get("parent_model_version") if candidate else None
+        mark_erased_lineage(settings, rid, parent)
     message = f"{verb} on review by {review.by}: {review.reason}"
     if state == S.WITHDRAWN:
         message += "; nothing versioned was touched, erased data stays erased"
@@ -235,9 +247,8 @@ def retry(
     if method != settings.method:
         overrides.update(method=method, method_config={})
     try:
-        unlearn_flow(
-            record.request.model_dump(mode="json"), overrides, review.model_dump(mode="json")
-        )
+        reference = RequestRef(request_id=rid).model_dump()
+        unlearn_flow(reference, overrides, review.model_dump(mode="json"))
     finally:
         propagate(ledger, ledger.get(rid))
     return ledger.get(rid)

@@ -19,7 +19,7 @@ from flows.unlearn import unlearn_flow
 from tasks.batching import BatchPlan, plan_batch
 from tasks.data_versioning import DataRepo
 from tasks.registry import champion, client_for
-from tasks.requests import DeletionRequest, RequestLedger, RequestState
+from tasks.requests import DeletionRequest, RequestLedger, RequestRef, RequestState
 from tasks.settings import Settings
 
 TERMINAL = (
@@ -77,21 +77,26 @@ def blocker(settings: Settings, repo: DataRepo, ledger: RequestLedger) -> str | 
 def run_batch(
     batch: DeletionRequest, plan: BatchPlan, ledger: RequestLedger, settings: Settings
 ) -> tuple[RequestState, str]:
-    """Run the batch as one `unlearn` subflow; every member takes its outcome."""
+    """Run the batch as one `unlearn` subflow; every member takes its outcome.
+
+    The batch is recorded in the ledger first and the subflow gets it by reference, so its ids
+    (resolved, even for attribute predicates) never become a stored flow-run parameter.
+    """
     members = [m for m in plan.members if m != batch.request_id]
+    ledger.submit(batch)
     for member in members:
         ledger.update(
             member, RequestState.RUNNING, f"in batch {batch.request_id}", batch_id=batch.request_id
         )
     try:
-        unlearn_flow(batch.model_dump(mode="json"), settings.overrides())
+        unlearn_flow(RequestRef(request_id=batch.request_id).model_dump(), settings.overrides())
     finally:
-        try:
-            final = ledger.get(batch.request_id)
-        except KeyError:  # the subflow failed before it recorded the batch
+        final = ledger.get(batch.request_id)
+        if members and final.state == RequestState.PENDING:  # the subflow never took it up
+            final = ledger.update(batch.request_id, RequestState.FAILED, "its run did not start")
             for member in members:
                 ledger.update(member, RequestState.PENDING, "its batch did not start")
-            raise
+            members = []
         for member in members:
             ledger.update(
                 member,
@@ -128,7 +133,7 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
     """Collect the inbox, then unlearn one batch of compatible pending requests."""
     settings = Settings(**(settings or {}))
     logger = get_run_logger()
-    ledger = RequestLedger(settings.ledger_path)
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
     report = ScheduledReport()
     if settings.inbox_url:
         from tasks.inbox import collect_inbox_task

@@ -32,7 +32,7 @@ from prefect.runtime import flow_run
 
 from flows.attempts import Attempt, Job, run_attempts
 from flows.checks import check_data_matches_champion, validate
-from flows.finish import erase_and_audit, finish
+from flows.finish import erase_and_audit, finish, hash_erased_ids
 from flows.outcome import (
     GatesFailed,
     Outcome,
@@ -56,9 +56,11 @@ from tasks.registry import (
     load_version,
     log_audit,
 )
+from tasks.registry_hygiene import mark_erased_lineage
 from tasks.requests import (
     DeletionRequest,
     RequestLedger,
+    RequestRef,
     RequestState,
     Review,
 )
@@ -141,6 +143,7 @@ def process_erased(
     The current version holds neither this request's samples nor any later request's, so the
     candidate is trained on what every approved request left; the audit record is updated.
     """
+    hash_erased_ids(settings, request.request_id)  # a crash may have cut the first run short
     repo = DataRepo(settings.data_repo)
     after = repo.current()
     dataset, scenario = repo.load()
@@ -232,9 +235,30 @@ def run_name() -> str:
     return f"unlearn-{request.get('request_id', 'new-request')}"
 
 
+def keep_by_reference(request_id: str, logger) -> None:
+    """Once the ledger holds a request given whole, the run's stored `request` parameter
+    becomes the reference, so Prefect keeps no sample id of it (the event that started the run,
+    if any, keeps what its producer sent). A failure only warns: the run goes on."""
+    run_id = flow_run.get_id()
+    if run_id is None:  # called as a plain function
+        return
+    from prefect.client.orchestration import get_client
+
+    reference = RequestRef(request_id=request_id).model_dump(mode="json")
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run_id, parameters={**flow_run.parameters, "request": reference})
+    except Exception as error:  # the API is down: the run itself does not need it
+        logger.warning("request %s: its flow-run parameter keeps its ids (%s)", request_id, error)
+
+
 @flow(name="unlearn", flow_run_name=run_name, log_prints=True)
 def unlearn_flow(request: dict, settings: dict | None = None, review: dict | None = None) -> dict:
     """Handle one deletion request; a refused request or a failed gate ends the run Failed.
+
+    `request` is the request the ledger holds under an id (`{"request_id": …, "in_ledger":
+    true}`: what the CLI, the scheduled flow and a review send, so no sample id becomes a
+    stored parameter), or a whole request, which the run records first (`RequestLedger.submit`).
 
     Ledger states: `rejected` (refused, or rejected on review), `held` (every candidate failed a
     gate: the forget set is erased, a reviewer decides), `failed` (crashed: run it again),
@@ -244,13 +268,27 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
     from flows.review import not_runnable, reconcile_champion  # it runs this flow for `retry`
 
     settings = Settings(**(settings or {}))
-    request = DeletionRequest.model_validate(request)
+    if RequestRef.given(request):
+        request_id, whole = RequestRef.model_validate(request).request_id, None
+    else:
+        whole = DeletionRequest.model_validate(request)
+        request_id = whole.request_id
     review = Review.model_validate(review) if review else None
-    ledger = RequestLedger(settings.ledger_path)
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
     logger = get_run_logger()
-    beat = heartbeat(lambda: ledger.beat(request.request_id))
-    with ledger.exclusive(request.request_id), ledger.serialized(), beat:
-        record, _ = ledger.submit(request)
+    beat = heartbeat(lambda: ledger.beat(request_id))
+    with ledger.exclusive(request_id), ledger.serialized(), beat:
+        if whole is None:
+            record = ledger.find(request_id)
+            if record is None:
+                raise RequestNotRunnable(
+                    f"request_id: {request_id!r} is not in the ledger; send the whole request"
+                )
+        else:
+            record, _ = ledger.submit(whole)
+            if whole.sample_ids is not None:
+                keep_by_reference(request_id, logger)
+        request = record.request  # its ids are salted hashes once its forget set is erased
         if record.state != RequestState.APPROVED:
             take_over(record, settings, ledger, logger)  # what a killed run of it left
             reconcile_champion(settings, ledger, logger)
@@ -276,6 +314,8 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
                 if done
                 else process(request, settings, ledger, review)
             )
+            # the versions that learned the erased samples; a failure leaves it to a rerun
+            mark_erased_lineage(settings, request.request_id, outcome.parent_model_version)
         except RequestRefused as error:
             ledger.update(request.request_id, RequestState.REJECTED, str(error))
             publish_outcome(request, RequestState.REJECTED, str(error))

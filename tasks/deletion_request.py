@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -34,6 +35,15 @@ def sample_id_problem(value: str) -> str | None:
     return None
 
 
+def checked_request_id(value: str) -> str:
+    if not REQUEST_ID.fullmatch(value):
+        raise ValueError(
+            "request_id must be 1–128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit; got {value!r}"
+        )
+    return value
+
+
 class DeletionRequest(BaseModel):
     """A data-deletion request: samples named by id, or by an attribute predicate.
 
@@ -57,12 +67,7 @@ class DeletionRequest(BaseModel):
     @field_validator("request_id")
     @classmethod
     def _request_id(cls, value: str) -> str:
-        if not REQUEST_ID.fullmatch(value):
-            raise ValueError(
-                "request_id must be 1–128 letters, digits, '.', '_' or '-', "
-                f"starting with a letter or digit; got {value!r}"
-            )
-        return value
+        return checked_request_id(value)
 
     @field_validator("sample_ids")
     @classmethod
@@ -100,3 +105,28 @@ class DeletionRequest(BaseModel):
         if (self.sample_ids is None) == (self.where is None):
             raise ValueError("give exactly one of sample_ids or where")
         return self
+
+
+class RequestRef(BaseModel):
+    """A request passed by reference: the one the ledger holds under `request_id`.
+
+    What the pipeline's own producers (the CLI, the scheduled flow, a review's retry) give the
+    `unlearn` flow and put in a `uib.deletion.requested` event, so that Prefect stores no sample
+    id as a flow-run parameter or an event payload: the ids stay in the ledger, which replaces
+    them by salted hashes once they are erased.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    in_ledger: Literal[True] = True
+
+    @field_validator("request_id")
+    @classmethod
+    def _request_id(cls, value: str) -> str:
+        return checked_request_id(value)
+
+    @staticmethod
+    def given(payload: Any) -> bool:
+        """Whether a flow's `request` parameter is a reference rather than a whole request."""
+        return isinstance(payload, dict) and "in_ledger" in payload

@@ -19,8 +19,6 @@ Copies in other clones' DVC caches are outside the reach of this repository.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
 from collections.abc import Iterable
@@ -34,12 +32,12 @@ from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo, DataVersion, StorageError, as_id_array
 from tasks.faults import fault_point
+from tasks.private_state import private_dir, private_file, write_private
+from tasks.redaction import HASH_SCHEME, hash_id
 from tasks.requests import Review
 from tasks.retrying import NETWORK_RETRIES
 from uib.samples import DataError
 
-HASH_SCHEME = "hmac-sha256(key=salt, msg=sample_id), hex"
-MIN_SALT_LENGTH = 16
 UNRECOVERABLE_NOTE = (
     "Data versions at the listed unrecoverable_revs can no longer be checked out in full: "
     "their listings (file names and hashes only) remain, the purged objects do not."
@@ -48,17 +46,6 @@ SCOPE_NOTE = (
     "Purged from this data repository's DVC cache and its remote; copies in other clones' "
     "caches are not covered."
 )
-
-
-def hash_id(sample_id: str, salt: str) -> str:
-    """The salted hash under which an audit record names a forgotten sample.
-
-    The ids of a data set are easy to guess (`digits-00042`), so a plain hash would give them
-    away; keyed with a secret salt that never enters the record, it does not.
-    """
-    if len(salt) < MIN_SALT_LENGTH:
-        raise DataError(f"salt: must hold at least {MIN_SALT_LENGTH} characters, got {len(salt)}")
-    return hmac.new(salt.encode(), str(sample_id).encode(), hashlib.sha256).hexdigest()
 
 
 class ErasureRecord(BaseModel):
@@ -300,7 +287,9 @@ def update_audit(
         if value is not None:
             changes[name] = value
     record = record.model_copy(update=changes)
-    audit_path(audit_dir, request_id).write_text(record.to_json() + "\n")
+    path = audit_path(audit_dir, request_id)
+    path.write_text(record.to_json() + "\n")
+    private_file(path)
     return record
 
 
@@ -345,10 +334,10 @@ def erase_request(
     )
     if (earlier := read_audit(audit_dir, request_id)) is not None:  # a rerun keeps the reviews
         record = record.model_copy(update={"reviews": earlier.reviews}).summarised()
-    Path(audit_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(audit_dir)
     path = audit_path(audit_dir, request_id)
     partial = path.with_name(path.name + ".tmp")
-    partial.write_text(record.to_json() + "\n")
+    write_private(partial, record.to_json() + "\n")
     os.replace(partial, path)  # a killed run leaves the old record or the new, never half
     if staged_path is not None:
         Path(staged_path).unlink(missing_ok=True)

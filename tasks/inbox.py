@@ -7,6 +7,10 @@ beside `<name>.reason.json` naming the problem, and the ledger never sees it. Th
 strictly: malformed JSON, a key given twice, a string where a boolean belongs and a missing
 `request_id` are refused by name. A crash between the ledger and the move leaves the object in
 the inbox; the next collection finds the request in the ledger and files it.
+
+A `processed/` copy names the request's samples by salted hash (`sample_id_hashes`, as the
+audit record does), never by id: the ledger keeps the ids until the erasure, and nothing reads a
+filed copy back. A `rejected/` object stays as it was sent (it never entered the pipeline).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo
 from tasks.intake import Intake, RequestInvalid
+from tasks.redaction import HASH_SCHEME, hash_ids
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.retrying import NETWORK_RETRIES
 from tasks.settings import Settings
@@ -111,11 +116,17 @@ class Inbox:
     def read(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def move(self, key: str, folder: str) -> str:
+    def move(self, key: str, folder: str, body: bytes | None = None) -> str:
+        """File the object under `folder`, as it is or, given `body`, as that body."""
         target = self.prefix + folder + key[len(self.prefix) :]
-        self.s3.copy_object(
-            Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key}
-        )
+        if body is None:
+            self.s3.copy_object(
+                Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key}
+            )
+        else:
+            self.s3.put_object(
+                Bucket=self.bucket, Key=target, Body=body, ContentType="application/json"
+            )
         self.s3.delete_object(Bucket=self.bucket, Key=key)
         return target
 
@@ -136,10 +147,20 @@ class Inbox:
         self.move(key, REJECTED)
 
 
+def processed_copy(request: DeletionRequest, salt: str) -> bytes | None:
+    """The body a `processed/` copy keeps: the request with `sample_id_hashes` in place of its
+    `sample_ids`; None for a request that names no id (it is filed as it was sent)."""
+    if request.sample_ids is None:
+        return None
+    fields = request.model_dump(mode="json", exclude={"sample_ids"})
+    hashed = {"sample_id_hashes": hash_ids(request.sample_ids, salt), "hash_scheme": HASH_SCHEME}
+    return json.dumps({**fields, **hashed}, indent=2).encode()
+
+
 def collect_inbox(settings: Settings) -> InboxReport:
     """Read every new request object into the ledger, then file it; see the module's doc."""
     inbox = Inbox(settings)
-    ledger = RequestLedger(settings.ledger_path)
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
     intake = Intake(DataRepo(settings.data_repo), ledger)
     report = InboxReport()
     for key in inbox.new_keys():
@@ -163,10 +184,10 @@ def collect_inbox(settings: Settings) -> InboxReport:
             if failed:
                 inbox.reject(key, record.message, request.request_id)
             else:
-                inbox.move(key, PROCESSED)
+                inbox.move(key, PROCESSED, processed_copy(request, settings.salt()))
             continue
         report.accepted.append(request.request_id)
-        inbox.move(key, PROCESSED)
+        inbox.move(key, PROCESSED, processed_copy(request, settings.salt()))
     return report
 
 

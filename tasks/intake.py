@@ -25,7 +25,6 @@ from tasks.requests import (
     RequestLedger,
     RequestRecord,
     RequestState,
-    check_same_content,
 )
 from uib.data import Dataset
 from uib.samples import DataError
@@ -60,7 +59,7 @@ class Intake:
         existing = self.ledger.find(request.request_id) if self.ledger else None
         if existing is not None:
             try:
-                check_same_content(existing.request, request)
+                self.ledger.check_same_content(existing, request)  # by hash once erased
             except ValueError as error:
                 raise RequestInvalid(str(error)) from None
             if existing.state not in RERUNNABLE or existing.reviews:

@@ -33,6 +33,7 @@ from tasks.data_versioning import DataVersion
 from tasks.erasure import audit_path
 from tasks.faults import fault_point
 from tasks.gate_report import GateReport
+from tasks.private_state import secure_state
 from tasks.quiet import quiet_logger
 from tasks.requests import DeletionRequest
 from tasks.retrying import NETWORK_RETRIES
@@ -86,6 +87,7 @@ def client_for(settings: Settings) -> MlflowClient:
             location = settings.artifact_root.as_uri()
         client.create_experiment(settings.experiment, artifact_location=location)
     mlflow.set_experiment(settings.experiment)
+    secure_state(settings.home)  # the state folder 700, its files 600
     return client
 
 

@@ -1,12 +1,18 @@
-"""Deletion requests and the durable ledger that processes each request id at most once."""
+"""Deletion requests and the durable ledger that processes each request id at most once.
+
+Once a request's forget set is erased, the ledger names its samples by salted hash only
+(`redact_ids`): a request sent again is then compared by the hashes of its ids, so it is still
+acknowledged as the same request (or refused as other content under a reused id). The file is
+private (600) and deleted rows' bytes are overwritten (`secure_delete`), so no raw id of an
+erased request stays in a free page of it.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -27,9 +33,13 @@ from tasks.deletion_request import (
     MAX_SAMPLE_IDS,
     REQUEST_ID,
     DeletionRequest,
+    RequestRef,
     sample_id_problem,
 )
 from tasks.ownership import Owner, owner_gone
+from tasks.private_state import private_dir, private_file
+from tasks.redaction import HASH_SCHEME, hash_ids
+from tasks.request_locks import RequestBusy, RequestLocks
 
 __all__ = [
     "CLOCK_SKEW",
@@ -42,15 +52,12 @@ __all__ = [
     "RequestBusy",
     "RequestLedger",
     "RequestRecord",
+    "RequestRef",
     "RequestState",
     "Review",
     "check_same_content",
     "sample_id_problem",
 ]
-
-
-class RequestBusy(RuntimeError):
-    """Another run is working on the same request right now."""
 
 
 class RequestState(StrEnum):
@@ -105,6 +112,9 @@ class RequestRecord(BaseModel):
     updated_at: datetime
     owner: Owner | None = Field(None, description="the process that last set it running")
     heartbeat_at: datetime | None = Field(None, description="the owner's last sign of life")
+    ids_hashed: bool = Field(
+        False, description="its forget set is erased: its sample_ids, if any, are salted hashes"
+    )
 
     @property
     def run_key(self) -> str:
@@ -121,8 +131,6 @@ class RequestRecord(BaseModel):
         return self.state not in (RequestState.APPROVED, RequestState.WITHDRAWN)
 
 
-_HELD: set[Path] = set()
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
@@ -137,23 +145,28 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at TEXT NOT NULL,
     received_at TEXT,
     owner_json TEXT,
-    heartbeat_at TEXT
+    heartbeat_at TEXT,
+    ids_hashed TEXT
 )
 """
 
 
-class RequestLedger:
+class RequestLedger(RequestLocks):
     """Requests in a small SQLite table under the state folder.
 
     `submit` records a request once: the same id again with the same content is acknowledged
     and returns the existing record; the same id with other content is refused. The ledger
     stamps the time it first records a request (`received_at`); the queue is ordered by that,
     never by the sender's `requested_at`.
+
+    `salt` (e.g. `settings.salt`, called only when needed) hashes the ids of erased requests
+    and of a request compared with one.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, salt: Callable[[], str] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._salt = salt
+        private_dir(self.path.parent)  # the state folder
         with closing(self._connect()) as db, db:
             db.execute(SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
@@ -165,13 +178,16 @@ class RequestLedger:
                 "received_at",
                 "owner_json",
                 "heartbeat_at",
+                "ids_hashed",
             ):
                 if column not in columns:
                     db.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
+        private_file(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA secure_delete = ON")  # a replaced row's bytes are zeroed, not left
         return db
 
     def submit(self, request: DeletionRequest) -> tuple[RequestRecord, bool]:
@@ -182,7 +198,7 @@ class RequestLedger:
             ).fetchone()
             if row is not None:
                 existing = self._record(row)
-                check_same_content(existing.request, request)
+                self.check_same_content(existing, request)
                 return existing, False
             stamp = now()
             db.execute(
@@ -192,46 +208,47 @@ class RequestLedger:
             )
         return self.get(request.request_id), True
 
+    def check_same_content(self, existing: RequestRecord, sent: DeletionRequest) -> None:
+        """`check_same_content` against a recorded request, by the hashes of `sent`'s ids when
+        the ledger keeps only those (the request's forget set is erased)."""
+        if not existing.ids_hashed or existing.request.sample_ids is None:
+            return check_same_content(existing.request, sent)
+        if self._salt is None:
+            raise RuntimeError(
+                f"request {existing.request_id!r} names its samples by salted hash: open the "
+                "ledger with the salt to compare a request with it"
+            )
+        check_same_content(existing.request, sent, self._salt())
+
+    def redact_ids(self, request_id: str) -> list[str]:
+        """Replace the sample ids of `request_id` and of its batch's members by their salted
+        hashes (once its forget set is erased); the request ids whose rows changed."""
+        if self._salt is None:
+            raise RuntimeError("the ledger was opened without the salt: it cannot hash ids")
+        changed = []
+        with closing(self._connect()) as db, db:
+            rows = db.execute(
+                "SELECT * FROM requests WHERE (request_id = ? OR batch_id = ?) "
+                "AND ids_hashed IS NULL",
+                (request_id, request_id),
+            ).fetchall()
+            for row in rows:
+                request = DeletionRequest.model_validate_json(row["request_json"])
+                if request.sample_ids is not None:
+                    hashed = hash_ids(request.sample_ids, self._salt())
+                    request = request.model_copy(update={"sample_ids": hashed})
+                db.execute(
+                    "UPDATE requests SET request_json = ?, ids_hashed = ? WHERE request_id = ?",
+                    (request.model_dump_json(), HASH_SCHEME, row["request_id"]),
+                )
+                changed.append(row["request_id"])
+        return changed
+
     def find(self, request_id: str) -> RequestRecord | None:
         try:
             return self.get(request_id)
         except KeyError:
             return None
-
-    @contextmanager
-    def exclusive(self, request_id: str) -> Iterator[None]:
-        """Held while a run works on `request_id`; a concurrent run of it is refused.
-
-        An OS file lock rather than a ledger state: the OS drops it when the process dies, so
-        a crashed run never blocks its own rerun (`owner_gone` probes it for the others).
-        """
-        path = self._lock_path(request_id)
-        with open(path, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RequestBusy(
-                    f"request {request_id!r} is being processed by another run"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _lock_path(self, request_id: str) -> Path:
-        path = self.path.parent / "locks" / f"{request_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def lock_held(self, request_id: str) -> bool:
-        """Whether a live run holds `request_id`'s lock now (a probe; nothing is kept)."""
-        with open(self._lock_path(request_id), "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
 
     def owner_gone(self, record: RequestRecord) -> str | None:
         """Why a `running` request's run is gone (killed, its machine lost), or None while it
@@ -249,28 +266,6 @@ class RequestLedger:
                 "UPDATE requests SET heartbeat_at = ? WHERE request_id = ? AND state = ?",
                 (now(), request_id, RequestState.RUNNING),
             )
-
-    @contextmanager
-    def serialized(self) -> Iterator[None]:
-        """Held while a run changes the data repository and the registry; other runs wait.
-
-        Event-triggered and scheduled runs may start together; the data version and the
-        champion move one request at a time. Re-entrant within a process, so the scheduled
-        flow can hold it around the `unlearn` subflow of its batch.
-        """
-        path = (self.path.parent / "locks" / "pipeline.lock").resolve()
-        if path in _HELD:
-            yield
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            _HELD.add(path)
-            try:
-                yield
-            finally:
-                _HELD.discard(path)
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, request_id: str) -> RequestRecord:
         with closing(self._connect()) as db:
@@ -363,6 +358,7 @@ class RequestLedger:
             received_at=row["received_at"] or json.loads(row["request_json"])["requested_at"],
             owner=Owner.model_validate_json(row["owner_json"]) if row["owner_json"] else None,
             heartbeat_at=row["heartbeat_at"],
+            ids_hashed=bool(row["ids_hashed"]),
         )
 
 
@@ -370,8 +366,15 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def check_same_content(stored: DeletionRequest, sent: DeletionRequest) -> None:
-    """A ValueError when `sent` reuses `stored`'s id with other content (the time aside)."""
+def check_same_content(
+    stored: DeletionRequest, sent: DeletionRequest, salt: str | None = None
+) -> None:
+    """A ValueError when `sent` reuses `stored`'s id with other content (the time aside).
+
+    `salt`: `stored` names its samples by salted hash, so `sent`'s ids are hashed to compare.
+    """
+    if salt is not None and sent.sample_ids is not None:
+        sent = sent.model_copy(update={"sample_ids": hash_ids(sent.sample_ids, salt)})
     when = {"requested_at"}
     if stored.model_dump(exclude=when) != sent.model_dump(exclude=when):
         raise ValueError(

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasks.private_state import private_dir, write_private
 from tasks.validation import ShiftPolicy
 from uib.scenarios import ScenarioConfig
 
@@ -80,6 +81,13 @@ class Settings(BaseSettings):
         "request is held for review (`uib request approve|reject|retry|withdraw`)",
     )
     shift: ShiftPolicy = Field(default_factory=ShiftPolicy)
+    erased_versions: Literal["tag", "delete-artifacts"] = Field(
+        "tag",
+        description="model versions trained on data a request erased (the parent of its "
+        "approved candidate, its rejected candidates that started from the parent) get the tag "
+        "`trained_on_erased_data=<request_id>`; `delete-artifacts`: their model files are "
+        "deleted too, so they can no longer be loaded (never the champion's)",
+    )
     audit_salt: SecretStr | None = Field(
         None, description="default: a random salt kept in <home>/salt"
     )
@@ -171,7 +179,6 @@ class Settings(BaseSettings):
             return self.audit_salt.get_secret_value()
         path = self.home / "salt"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+            private_dir(path.parent)
+            write_private(path, secrets.token_hex(32))
         return path.read_text().strip()

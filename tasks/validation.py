@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.gx_checkpoint import Check, checks_from, described, gx_frame, result_json, run_checkpoint
 from tasks.manifest_schema import CORE_COLUMNS, ManifestColumn, manifest_columns, shown
+from tasks.redaction import redacted_report
 from uib.samples import DataError
 
 __all__ = [
@@ -385,13 +386,18 @@ def validate_shift_task(
     policy: ShiftPolicy | None = None,
     num_classes: int | None = None,
     request_id: str | None = None,
+    salt: str | None = None,
 ) -> ValidationReport:
-    """`validate_shift`, plus the report table as a Prefect Markdown artifact."""
+    """`validate_shift`, plus the report table as a Prefect Markdown artifact; with `salt`, the
+    report names the requested and forgotten ids by salted hash before anything keeps it."""
     from prefect.artifacts import create_markdown_artifact
 
+    requested_ids = [str(i) for i in requested_ids]
     report = validate_shift(
         original_manifest, retain_manifest, forget_manifest, requested_ids, policy, num_classes
     )
+    if salt is not None:
+        report = redacted_report(report, [*requested_ids, *forget_manifest["sample_id"]], salt)
     key = None
     if request_id:
         key = "shift-" + re.sub(r"[^a-z0-9-]", "-", request_id.lower())

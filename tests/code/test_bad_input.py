@@ -226,9 +226,10 @@ def test_where_takes_every_operator_typed_by_the_manifest(state):
 
 def test_an_ids_file_of_100k_ids_travels_to_the_ledger(tmp_path):
     """100k ids pass as a file (no argument limit), validate, and round-trip the ledger; the
-    event that would carry them is too large for Prefect and is refused by name instead."""
+    CLI's event names the request by reference, whatever its size; an event carrying the whole
+    request would be too large for Prefect and is refused by name."""
     from flows.cli_input import read_ids_file
-    from tasks.events import event_too_large
+    from tasks.events import deletion_event, event_too_large
 
     path = tmp_path / "ids.txt"
     path.write_text(HUNDRED_K)
@@ -237,6 +238,8 @@ def test_an_ids_file_of_100k_ids_travels_to_the_ledger(tmp_path):
     ledger.submit(request)
     assert ledger.get("big").request.sample_ids == request.sample_ids
     assert "sample_ids: 100000 ids make an event of" in event_too_large(request)
+    assert deletion_event(request, by_reference=True).size_bytes < 2000
+    assert deletion_event(request, by_reference=True).id == deletion_event(request).id
     small = DeletionRequest(request_id="small", sample_ids=request.sample_ids[:1000])
     assert event_too_large(small) is None
 

@@ -33,3 +33,19 @@ def test_request_bodies_are_read_or_refused_naming_the_field():
         read_request(b'{"request_id": ')
     with pytest.raises(ValueError, match="bytes"):
         read_request(b" " * (2 << 20))
+
+
+def test_a_processed_copy_names_the_samples_by_salted_hash():
+    import json
+
+    from tasks.inbox import processed_copy
+    from tasks.redaction import hash_id
+
+    salt = "a-secret-salt-of-the-deployment"
+    request = read_request(b'{"request_id": "r-1", "sample_ids": ["a-1", "a-2"], "reason": "x"}')
+    copy = json.loads(processed_copy(request, salt))
+    assert copy["sample_id_hashes"] == [hash_id("a-1", salt), hash_id("a-2", salt)]
+    assert "sample_ids" not in copy and copy["request_id"] == "r-1" and copy["reason"] == "x"
+    assert b"a-1" not in processed_copy(request, salt)
+    by_attribute = read_request(b'{"request_id": "r-2", "where": {"source": "faulty"}}')
+    assert processed_copy(by_attribute, salt) is None  # no id: filed as sent

@@ -103,3 +103,73 @@ def test_only_a_request_taking_the_whole_faulty_slice_is_a_patch_bias_request(di
     assert not other.removes_bias_slice()
     original, retain, forget = whole.manifests()
     assert len(original) == len(retain) + len(forget) and set(forget["sample_id"]) == set(ids)
+
+
+SALT = "a-secret-salt-of-the-deployment"
+
+
+def test_an_erased_requests_ids_become_salted_hashes_and_a_resend_still_compares(tmp_path):
+    """After the erasure the ledger names the samples by salted hash only, in the file's bytes
+    too (`secure_delete`); the same request sent again is still acknowledged, another refused."""
+    from tasks.redaction import hash_id
+
+    path = tmp_path / "requests.db"
+    ledger = RequestLedger(path, salt=lambda: SALT)
+    ids = ["digits-train-00042", "digits-train-00043"]
+    request = DeletionRequest(request_id="req-1", sample_ids=ids, reason="erasure")
+    ledger.submit(request)
+    batch = DeletionRequest(request_id="batch-1", sample_ids=[*ids, "digits-train-00044"])
+    ledger.submit(batch)
+    ledger.update("req-1", RequestState.RUNNING, batch_id="batch-1")
+    assert b"digits-train-00042" in path.read_bytes()  # the search sees a raw id when there
+
+    assert sorted(ledger.redact_ids("batch-1")) == ["batch-1", "req-1"]
+    assert ledger.redact_ids("batch-1") == []  # once
+    record = ledger.get("req-1")
+    assert record.ids_hashed and record.request.sample_ids == [hash_id(i, SALT) for i in ids]
+    assert b"digits-train-0004" not in path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    again, created = ledger.submit(request)  # a re-send: compared by the hashes of its ids
+    assert not created and again.request_id == "req-1"
+    with pytest.raises(ValueError, match="req-1.*other content"):
+        ledger.submit(DeletionRequest(request_id="req-1", sample_ids=ids[:1], reason="erasure"))
+    with pytest.raises(RuntimeError, match="open the ledger with the salt"):
+        RequestLedger(path).submit(request)
+    with pytest.raises(RuntimeError, match="without the salt"):
+        RequestLedger(path).redact_ids("req-1")
+
+
+def test_a_request_passed_by_reference_is_read_strictly():
+    from tasks.requests import RequestRef
+
+    reference = RequestRef(request_id="req-1").model_dump(mode="json")
+    assert reference == {"request_id": "req-1", "in_ledger": True}
+    assert RequestRef.given(reference) and not RequestRef.given({"request_id": "req-1"})
+    for bad, named in (
+        ({"request_id": "req-1\n", "in_ledger": True}, "request_id"),
+        ({"request_id": "req-1", "in_ledger": False}, "in_ledger"),
+        ({"request_id": "req-1", "in_ledger": True, "sample_ids": ["a"]}, "sample_ids"),
+        ({"in_ledger": True}, "request_id"),
+    ):
+        with pytest.raises(pydantic.ValidationError, match=named):
+            RequestRef.model_validate(bad)
+
+
+def test_validation_results_name_ids_by_salted_hash_or_count():
+    from tasks.redaction import hash_id, redact_ids
+
+    result = {
+        "kwargs": {"value_set": ["x-1", "x-2"], "column": "sample_id"},
+        "partial_unexpected_index_list": [{"sample_id": "x-1"}, {"sample_id": "kept"}],
+        "observed": {"examples": ["x-2", 3]},
+    }
+    redacted = redact_ids(result, ["x-1", "x-2"], SALT)
+    assert redacted["kwargs"]["value_set"]["redacted_sample_ids"] == 2
+    assert redacted["kwargs"]["column"] == "sample_id"
+    assert redacted["partial_unexpected_index_list"] == [
+        {"sample_id": hash_id("x-1", SALT)},
+        {"sample_id": "kept"},
+    ]
+    assert redacted["observed"]["examples"] == [hash_id("x-2", SALT), 3]
+    assert "x-1" not in str(redacted) and "x-2" not in str(redacted)

@@ -142,13 +142,13 @@ def test_a_deletion_event_runs_the_request_once(served):
 
     [run] = runs_of("unlearn/unlearn-on-event")
     assert run.state.is_completed() and str(run.id) == final.flow_run_id
-    assert run.parameters["request"]["request_id"] == REQUEST.request_id
+    # the CLI recorded the request first: the event and the parameter name it by reference
+    assert run.parameters["request"] == {"request_id": REQUEST.request_id, "in_ledger": True}
     [step] = runs_of("unlearn-step/local")
     assert step.state.is_completed() and step.parameters["model_version"] == "1"
 
     # The same event again (a producer retrying): the server drops it; no second run.
-    sent = DeletionRequest.model_validate(run.parameters["request"])
-    emit_deletion_request(sent)
+    emit_deletion_request(REQUEST, by_reference=True)
     again = uib(
         env,
         "request",
@@ -170,8 +170,9 @@ def test_a_deletion_event_runs_the_request_once(served):
     time.sleep(8)
     assert len(runs_of("unlearn/unlearn-on-event")) == 1
 
-    # The same request under a new event id: a run starts, finds it approved, changes nothing.
-    emit_deletion_request(sent, attempt="a second producer")
+    # The same request, whole, under a new event id (a producer that does not write the
+    # ledger): a run starts, finds it approved, changes nothing.
+    emit_deletion_request(REQUEST, attempt="a second producer")
     second = wait_until(
         lambda: [
             r for r in runs_of("unlearn/unlearn-on-event") if r.id != run.id and r.state.is_final()

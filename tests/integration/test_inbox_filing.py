@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from tasks.redaction import hash_id
 from tasks.requests import DeletionRequest, RequestLedger
 from tasks.settings import Settings
 
@@ -94,6 +95,11 @@ def test_the_inbox_files_hostile_objects_by_name_and_reads_subfolders(
         if not k.startswith((PREFIX + "processed/", PREFIX + "rejected/"))
     ]
     assert left == [PREFIX + "team-a/"]  # only the folder marker stays
+    # a processed copy names the samples by salted hash: the ids stay in the ledger alone
+    filed = s3.get_object(Bucket=BUCKET, Key=PREFIX + "processed/valid.json")["Body"].read()
+    assert b"digits-train-00001" not in filed
+    assert json.loads(filed)["sample_id_hashes"] == [hash_id("digits-train-00001", settings.salt())]
+    assert ledger.get("in-valid").request.sample_ids == ["digits-train-00001"]
     assert sorted(r.request_id for r in ledger.list()) == ["in-nested", "in-valid", "taken"]
     assert ledger.get("taken").request == TAKEN
     assert repo.current() == head

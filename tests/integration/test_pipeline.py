@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# SIGKILL at the task boundaries: collected here to run on this module's one trained original
+# the erasure scan, and SIGKILL at the task boundaries: collected here to run on this module's
+# one trained original
+from erasure_scan import test_after_approval_no_store_holds_a_forgotten_id_or_image  # noqa: F401
 from fault_scenarios import (  # noqa: F401
     test_a_failing_dvc_remote_is_retried_then_fails_leaving_the_version_as_it_was,
     test_a_request_killed_at_every_boundary_finishes_exactly_once,
@@ -156,6 +158,8 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
 
 
 def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home):
+    from prefect.client.orchestration import get_client
+
     from flows.unlearn import GatesFailed, RequestNotRunnable
 
     # gates no model can pass: UIB fails, the exact fallback (`retrain`) fails too
@@ -190,6 +194,11 @@ def test_a_failed_gate_holds_the_request_erases_its_data_and_blocks_nobody(home)
     outcome = run(other, home)
     assert outcome["state"] == "approved" and outcome["parent_model_version"] == "1"
     assert champion_version(home) == outcome["model_version"]
+    # given whole, its run keeps it by reference once the ledger holds it, by hash once erased
+    with get_client(sync_client=True) as prefect:
+        [stored] = [r for r in prefect.read_flow_runs() if r.name == "unlearn-other"]
+    assert stored.parameters["request"] == {"request_id": "other", "in_ledger": True}
+    assert RequestLedger(home.ledger_path).get("other").ids_hashed
 
     # sent again, the held request waits for its review (`uib request …`, test_review.py)
     with pytest.raises(RequestNotRunnable, match="held for review"):

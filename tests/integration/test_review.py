@@ -108,6 +108,13 @@ def test_a_failed_uib_candidate_falls_back_to_retrain_and_the_request_is_approve
     assert fallback.tags["gates"] == "passed" and "rejected" not in fallback.tags
     assert fallback.description.startswith("# APPROVED — request remove-faulty")
     assert client.get_registered_model(home.model_name).tags["pipeline_champion"] == "3"
+    # trained on the erased samples: the parent and the rejected UIB candidate, tagged and (by
+    # the default policy) kept loadable; the retrained fallback never saw them
+    parent = client.get_model_version(home.model_name, "1")
+    for version in (parent, failed):
+        assert version.tags["trained_on_erased_data"] == "remove-faulty"
+        assert "model_artifacts_deleted" not in version.tags
+    assert "trained_on_erased_data" not in fallback.tags
 
     record = RequestLedger(home.ledger_path).get("remove-faulty")
     assert record.state == RequestState.APPROVED and record.model_version == "3"

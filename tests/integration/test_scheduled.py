@@ -27,6 +27,8 @@ def keys(s3, prefix: str) -> list[str]:
 
 
 def test_one_scheduled_run_files_the_inbox_and_unlearns_a_batch(tmp_path, s3_server):
+    from prefect.client.orchestration import get_client
+
     from flows.scheduled import unlearn_scheduled_flow
     from flows.train import train_flow
 
@@ -90,6 +92,13 @@ def test_one_scheduled_run_files_the_inbox_and_unlearns_a_batch(tmp_path, s3_ser
             "2",
         ), record.message
     assert states[batch_id].state == RequestState.APPROVED
+    # the batch's resolved ids: in the ledger as salted hashes, never a Prefect parameter
+    batch = states[batch_id]
+    assert batch.ids_hashed and len(batch.request.sample_ids) == len(result["plan"]["sample_ids"])
+    assert not set(batch.request.sample_ids) & set(result["plan"]["sample_ids"])
+    with get_client(sync_client=True) as prefect:
+        [subflow] = [r for r in prefect.read_flow_runs() if r.name == f"unlearn-{batch_id}"]
+    assert subflow.parameters["request"] == {"request_id": batch_id, "in_ledger": True}
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
