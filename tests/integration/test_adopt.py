@@ -91,7 +91,7 @@ def test_the_readme_adopts_a_team_model_and_unlearns_from_it_as_written(tmp_path
         assert v1.tags["adopted_from"] == "models:/team-resnet/1" and v1.tags["stage"] == "original"
         assert json.loads(v1.tags["model_spec"])["image_shape"] == [3, 28, 28]
         assert json.loads(settings.recipe_path.read_text())["epochs"] == 3
-    assert settings.recipe_path.stat().st_mode & 0o777 == 0o600
+        assert settings.recipe_path.stat().st_mode & 0o777 == 0o600
         champion = client.get_model_version_by_alias(settings.model_name, "champion")
         assert int(champion.version) >= 2 and champion.tags["gates"] == "passed"
         assert is_exported(load_version(settings, str(champion.version)))  # pt2 in, pt2 out
