@@ -197,8 +197,16 @@ _MODE_ARGUMENT = {
 
 
 def is_exported(model: nn.Module) -> bool:
-    """A torch.export module (MLflow's `pt2`): its mode lives in its graph, not its submodules."""
-    return isinstance(model, torch.fx.GraphModule) and hasattr(model, "_guards_fn")
+    """A torch.export module (MLflow's `pt2`): its mode lives in its graph, not its submodules.
+
+    Told by the graph itself, which calls ATen operators directly (a symbolically traced
+    GraphModule calls its submodules instead): the `_guards_fn` submodule and the raising
+    `.train` that `ExportedProgram.module()` adds depend on the torch release and do not all
+    survive a `deepcopy`."""
+    return isinstance(model, torch.fx.GraphModule) and any(
+        node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+        for node in model.graph.nodes
+    )
 
 
 def is_training(model: nn.Module) -> bool:
@@ -224,8 +232,9 @@ def set_training(model: nn.Module, training: bool) -> bool:
     what `.train()` would do to the modules it was exported from."""
     was = is_training(model)
     if not is_exported(model):
-        model.train(training)
+        model.train(training)  # the model's own, overrides included
         return was
+    nn.Module.train(model, training)  # the class's: the instance's `.train` raises
     if was != training:
         for node in model.graph.nodes:
             where = _MODE_ARGUMENT.get(node.target) if node.op == "call_function" else None

@@ -149,3 +149,14 @@ def test_uib_passes_keep_batchnorm_statistics_unless_asked_to_train_them(digits)
         stats[mode] = candidate.bn.running_mean
     torch.testing.assert_close(stats["frozen"], model.bn.running_mean)
     assert not torch.allclose(stats["train"], model.bn.running_mean)
+
+
+def test_an_export_is_recognised_by_its_graph_with_or_without_guards():
+    """`_guards_fn` and the raising `.train` depend on the torch release; the ATen graph does not."""
+    model = TeamNet().eval()
+    program = torch.export.export(copy.deepcopy(model), (torch.rand(4, 1, 8, 8),))
+    for graph in (program.module(), program.module(check_guards=False)):
+        assert is_exported(graph) and is_exported(copy.deepcopy(graph))
+        set_training(graph, True)
+        assert is_training(graph) and is_training(copy.deepcopy(graph))
+    assert not is_exported(torch.fx.symbolic_trace(model)) and not is_exported(model)
