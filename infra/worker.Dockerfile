@@ -3,8 +3,11 @@
 #   docker build -f infra/worker.Dockerfile -t uib-worker:latest .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# UV_PYTHON_INSTALL_DIR: uv's own Python goes under /opt, not /root, which the `uib` user below
+# cannot enter (the venv's interpreter is a link into it).
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 \
-    UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+    UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_INSTALL_DIR=/opt/python \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # git: the data repository is a git + DVC repository.
 RUN apt-get update && apt-get install -y --no-install-recommends git ca-certificates \
     && rm -rf /var/lib/apt/lists/*

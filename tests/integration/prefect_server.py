@@ -43,12 +43,13 @@ def wait_until(check, timeout: float, what: str, log: Path | None = None, interv
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str], log: Path):
+def running(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
     """A subprocess with its output in `log`; terminated (then killed) on exit."""
     with open(log, "w") as out:
         process = subprocess.Popen(
             command,
             env={**os.environ, **env},
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,131 +1,18 @@
-"""The pipeline on grown-up stores: MLflow as a real `mlflow server` on PostgreSQL with its
-artifacts on an S3-compatible server, and DVC's remote on the same S3 server."""
+"""The MLflow UI read in a browser, as a reviewer reads it: collected in
+`test_production_stack.py`, on the compose stack's MLflow server, reached by its service name
+with the admin login (fixtures `stack`, `approved`, `held`, `held_id`, `mlflow_uri`,
+`mlflow_login` come from there)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-from s3_server import CREDENTIALS
-from stores import mlflow_server, postgres
 
-from tasks.requests import DeletionRequest, RequestLedger, RequestState
-from tasks.settings import Settings
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
-
-BUCKET = "uib-store"
-FAULTY = DeletionRequest(
-    request_id="servers-faulty", where={"source": "faulty"}, reason="faulty source"
-)
-HELD = DeletionRequest(
-    request_id="servers-held", sample_ids=["digits-train-00003"], reason="a person asked"
-)
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(s3_server, tmp_path_factory):
-    """`mlflow server` on a fresh PostgreSQL database, artifacts proxied to s3://uib-store."""
-    s3_server.create_bucket(BUCKET)
-    env = {**CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
-    with (
-        postgres() as database,
-        mlflow_server(
-            database, tmp_path_factory.mktemp("mlflow"), f"s3://{BUCKET}/mlartifacts", env
-        ) as uri,
-    ):
-        yield uri, database
-
-
-@pytest.fixture(scope="module")
-def approved(tracking_uri, s3_server, tmp_path_factory):
-    """(settings, outcome, pushed): the faulty-source request approved on these stores."""
-    from flows.train import train_flow
-    from flows.unlearn import unlearn_flow
-
-    uri, _ = tracking_uri
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        settings = Settings(
-            home=tmp_path_factory.mktemp("servers") / "uib",
-            dvc_remote=f"s3://{BUCKET}/dvc",
-            s3_endpoint_url=s3_server.endpoint_url,
-        )
-        assert settings.tracking_uri == uri
-        assert train_flow(settings.overrides())["model_version"] == "1"
-        pushed = s3_server.keys(BUCKET, "dvc/")
-        outcome = unlearn_flow(FAULTY.model_dump(mode="json"), settings.overrides())
-        yield settings, outcome, pushed
-
-
-@pytest.fixture(scope="module")
-def held(approved) -> str:
-    """A candidate the gates reject beside the champion (gates no model passes, `hold`): its
-    version. Made after the test above counts the registry's versions."""
-    from flows.unlearn import GatesFailed, unlearn_flow
-
-    settings, _, _ = approved
-    overrides = {
-        **settings.overrides(),
-        "on_gate_failure": "hold",
-        "gates": {"max_ta_drop_pp": -50.0},
-    }
-    with pytest.raises(GatesFailed):
-        unlearn_flow(HELD.model_dump(mode="json"), overrides)
-    return RequestLedger(settings.ledger_path).get(HELD.request_id).model_version
-
-
-def test_a_request_on_mlflow_server_postgres_and_s3(approved, tracking_uri, s3_server):
-    import psycopg2
-
-    settings, outcome, pushed = approved
-    uri, database = tracking_uri
-    assert pushed, "the data version was not pushed to the S3 remote"
-    assert outcome["state"] == "approved" and outcome["model_version"] == "2"
-    assert RequestLedger(settings.ledger_path).get(FAULTY.request_id).state == (
-        RequestState.APPROVED
-    )
-
-    client = MlflowClient(tracking_uri=uri)
-    champion = client.get_model_version_by_alias(settings.model_name, "champion")
-    assert str(champion.version) == "2" and champion.tags["request_id"] == FAULTY.request_id
-    run_keys = s3_server.keys(BUCKET, "mlartifacts/")
-    run_files = [k for k in run_keys if f"/{champion.run_id}/" in k]
-    names = {k.rsplit("/", 1)[-1] for k in run_files}
-    assert "gate_report.json" in names, run_files
-    assert any(k.endswith(".png") for k in run_files)
-    assert any("/audit/" in k for k in run_files)
-    assert any("MLmodel" in k for k in run_keys)
-
-    audit = json.loads(Path(outcome["audit_path"]).read_text())
-    purged = audit["purged_objects"]
-    assert purged
-    remaining = s3_server.keys(BUCKET, "dvc/")
-    stored = {k.split("/")[-2] + k.split("/")[-1] for k in remaining}
-    assert not set(purged) & stored, "erased objects are still on the S3 remote"
-    assert len(remaining) >= len(pushed) - len(purged)
-
-    with (
-        psycopg2.connect(database.replace("+psycopg2", "")) as connection,
-        connection.cursor() as cursor,
-    ):
-        cursor.execute(
-            "SELECT version FROM model_versions WHERE name = %s ORDER BY version",
-            (settings.model_name,),
-        )
-        assert [row[0] for row in cursor.fetchall()] == [1, 2]
-        cursor.execute(
-            "SELECT value FROM model_version_tags WHERE name = %s AND version = 2 "
-            "AND key = 'request_id'",
-            (settings.model_name,),
-        )
-        assert cursor.fetchone() == (FAULTY.request_id,)
-
+from tasks.requests import RequestLedger
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GATES = (
@@ -149,36 +36,38 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(approved, tracking_uri, s3_server, tmp_path_factory) -> str:
-    """A fresh `mlflow server` on the store the approved request left, as a reviewer starts it."""
-    _, database = tracking_uri
-    env = {**CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
-    with mlflow_server(
-        database, tmp_path_factory.mktemp("mlflow-ui"), f"s3://{BUCKET}/mlartifacts", env
-    ) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def browser():
+def browser(stack):
+    """Chromium resolving the service names as the stack's processes do."""
     from playwright.sync_api import sync_playwright
 
+    rules = ",".join(f"MAP {name} {address}" for name, address in stack.hosts.items())
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", f"--host-resolver-rules={rules}"],
         )
         yield browser
         browser.close()
 
 
 @pytest.fixture
-def champion_page(browser, mlflow_ui, approved):
+def new_page(browser, mlflow_login):
+    """Opens pages logged in to MLflow."""
+    login = {"username": mlflow_login[0], "password": mlflow_login[1]}
+    return lambda: browser.new_page(
+        viewport={"width": 1400, "height": 1100}, http_credentials=login
+    )
+
+
+@pytest.fixture
+def champion_page(new_page, mlflow_uri, approved):
     """The champion's version page, rendered, with MLflow's assistant panel out of the way."""
     from playwright.sync_api import expect
 
     settings, _, _ = approved
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"{mlflow_ui}/#/models/{settings.model_name}/versions/2")
+    page = new_page()
+    page.goto(f"{mlflow_uri}/#/models/{settings.model_name}/versions/2")
     expect(page.get_by_role("heading", name="Version 2")).to_be_visible(timeout=RENDER_TIMEOUT_MS)
     close_assistant(page)
     yield page
@@ -218,11 +107,11 @@ def test_the_champion_version_page_reads_as_a_decision(champion_page, approved, 
     page = champion_page
     settings, outcome, _ = approved
     expect(page.get_by_text("@ champion")).to_be_visible()
-    expect(page.get_by_role("link", name=FAULTY.request_id, exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name=outcome["request_id"], exact=True)).to_be_visible()
 
     # the headline: verdict and request, then what was selected, how many samples, the reason
     expect(
-        page.get_by_role("heading", name=f"APPROVED — request {FAULTY.request_id}: every gate")
+        page.get_by_role("heading", name=f"APPROVED — request {outcome['request_id']}: every gate")
     ).to_be_visible()
     expect(page.locator("p").filter(has_text="samples removed")).to_contain_text(
         "123 samples removed — selected where source=faulty; reason: faulty source."
@@ -251,9 +140,9 @@ def test_the_champion_version_page_reads_as_a_decision(champion_page, approved, 
     assert all(cells[5].startswith("pass") for cells in rows.values())
 
     # the links: the Prefect flow run (a server is known here) and the audit record, summary first
-    flow_run_id = RequestLedger(settings.ledger_path).get(FAULTY.request_id).flow_run_id
+    flow_run_id = RequestLedger(settings.ledger_path).get(outcome["request_id"]).flow_run_id
     expect(page.locator(f'a[href$="/runs/flow-run/{flow_run_id}"]')).to_be_visible()
-    audit = page.get_by_role("link", name=f"audit/{FAULTY.request_id}.json")
+    audit = page.get_by_role("link", name=f"audit/{outcome['request_id']}.json")
     expect(audit).to_be_visible()
     page.screenshot(path=str(shots / "mlflow-champion-version.png"))
 
@@ -263,7 +152,7 @@ def test_the_champion_version_page_reads_as_a_decision(champion_page, approved, 
     )
     request_row.scroll_into_view_if_needed()
     expect(request_row).to_be_visible()
-    expect(request_row).to_contain_text(FAULTY.request_id)
+    expect(request_row).to_contain_text(outcome["request_id"])
     for tag, value in (("gates", "passed"), ("parent_model_version", "1")):
         expect(
             page.get_by_role("row").filter(has=page.get_by_role("cell", name=tag, exact=True))
@@ -280,20 +169,20 @@ def test_the_champion_version_page_reads_as_a_decision(champion_page, approved, 
 
 @needs_chromium
 def test_a_rejected_version_is_marked_as_rejected_and_never_champion(
-    browser, mlflow_ui, approved, held, shots
+    new_page, mlflow_uri, approved, held, held_id, shots
 ):
     from playwright.sync_api import expect
 
     settings, _, _ = approved
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"{mlflow_ui}/#/models/{settings.model_name}/versions/{held}")
+    page = new_page()
+    page.goto(f"{mlflow_uri}/#/models/{settings.model_name}/versions/{held}")
     expect(page.get_by_role("heading", name=f"Version {held}")).to_be_visible(
         timeout=RENDER_TIMEOUT_MS
     )
     close_assistant(page)
     expect(
         page.get_by_role(
-            "heading", name=f"REJECTED — request {HELD.request_id}: failed test_accuracy_retained"
+            "heading", name=f"REJECTED — request {held_id}: failed test_accuracy_retained"
         )
     ).to_be_visible()
     expect(page.locator("p").filter(has_text="sample removed")).to_contain_text(
@@ -305,7 +194,7 @@ def test_a_rejected_version_is_marked_as_rejected_and_never_champion(
     page.screenshot(path=str(shots / "mlflow-rejected-version.png"))
 
     # in the model's list of versions: the `rejected` tag first, no alias, the headline
-    page.goto(f"{mlflow_ui}/#/models/{settings.model_name}")
+    page.goto(f"{mlflow_uri}/#/models/{settings.model_name}")
     row = page.get_by_role("row").filter(
         has=page.get_by_role("link", name=f"Version {held}", exact=True)
     )
@@ -321,12 +210,13 @@ def test_a_rejected_version_is_marked_as_rejected_and_never_champion(
 
 
 @needs_chromium
-def test_its_source_run_holds_the_gate_report_and_the_plots(champion_page, shots):
+def test_its_source_run_holds_the_gate_report_and_the_plots(champion_page, approved, shots):
     from playwright.sync_api import expect
 
+    _, outcome, _ = approved
     page = champion_page
-    page.get_by_role("link", name=FAULTY.request_id, exact=True).click()
-    expect(page.get_by_role("heading", name=FAULTY.request_id)).to_be_visible(
+    page.get_by_role("link", name=outcome["request_id"], exact=True).click()
+    expect(page.get_by_role("heading", name=outcome["request_id"])).to_be_visible(
         timeout=RENDER_TIMEOUT_MS
     )
 
