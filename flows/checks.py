@@ -51,11 +51,12 @@ def check_data_matches_champion(
 def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -> ValidationReport:
     original, retain, forget = resolved.manifests()
     policy = settings.shift.model_copy(update={"allow_class_removal": request.allow_class_removal})
+    erased = resolved.already_erased  # named, but gone before it: not in its forget set
     report = validate_shift_task(
         original,
         retain,
         forget,
-        request.sample_ids or resolved.forget_ids,
+        [i for i in request.sample_ids or resolved.forget_ids if i not in erased],
         policy,
         resolved.dataset.num_classes,
         request.request_id,

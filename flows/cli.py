@@ -18,6 +18,7 @@ from flows.cli_output import (
     fail,
     held_lines,
     outcome_lines,
+    outcome_reply,
     progress,
 )
 from flows.lifecycle import handle_termination, prefect_api
@@ -145,11 +146,11 @@ def request_delete(
     except pydantic.ValidationError as error:
         raise invalid("request", error) from error
     settings = load_settings()
-    existing = check_request(request, settings)
+    existing, erased = check_request(request, settings)
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() and not run_here:
-        typer.echo(json.dumps(submit_by_event(request, settings, existing)))
+        typer.echo(json.dumps(submit_by_event(request, settings, existing, erased)))
         return
     from tasks.review_page import selection_text
 
@@ -176,24 +177,17 @@ def request_delete(
         raise exit_code from error
     for line in outcome_lines(outcome, settings.model_name, settings.champion_alias):
         typer.echo(line, err=True)
-    keys = (
-        "request_id",
-        "state",
-        "model_version",
-        "parent_model_version",
-        "duplicate",
-        "n_forgotten",
-        "mlflow_url",
-    )
-    typer.echo(json.dumps({k: outcome.get(k) for k in keys}))
+    typer.echo(json.dumps(outcome_reply(outcome)))
 
 
 def check_request(request, settings):
-    """What both modes check before anything is recorded or run; the ledger's record of the
-    request, if any. Exit 2 naming the field when the request cannot apply as written
-    (unknown ids or attributes, a predicate matching nothing, a reused id with other content),
-    1 when there is no data version to apply it to."""
+    """What both modes check before anything is recorded or run: (the ledger's record of the
+    request, if any; {id: who erased it} when approved requests erased every id it names).
+    Exit 2 naming the field when the request cannot apply as written (unknown ids or
+    attributes, a predicate matching nothing, a reused id with other content), 1 when there is
+    no data version to apply it to."""
     from tasks.data_versioning import DataRepo
+    from tasks.erased_ids import ErasedIds
     from tasks.intake import Intake, RequestInvalid
     from tasks.requests import RequestLedger
 
@@ -205,15 +199,18 @@ def check_request(request, settings):
         if settings.ledger_path.exists()
         else None
     )
+    intake = Intake(DataRepo(settings.data_repo), ledger, ErasedIds.of(settings, ledger))
     try:
-        return Intake(DataRepo(settings.data_repo), ledger).check(request)
+        return intake.check(request), intake.already_erased(request)
     except RequestInvalid as error:
         raise invalid("request", error) from error
 
 
-def submit_by_event(request, settings, existing) -> dict:
+def submit_by_event(request, settings, existing, erased=None) -> dict:
     """After `check_request`: the ledger, then the event, which names the request by reference
-    (of any size); exit 1 when the event is not delivered."""
+    (of any size); exit 1 when the event is not delivered. A request every id of which
+    approved requests erased (`erased`) is approved here instead, with no event."""
+    from tasks.erased_ids import acknowledge_open
     from tasks.events import emit_deletion_request
     from tasks.requests import RequestLedger, RequestState
 
@@ -236,6 +233,10 @@ def submit_by_event(request, settings, existing) -> dict:
         record, _ = ledger.submit(request)
     except ValueError as error:  # sent with other content since `check_request`
         raise invalid("request", error) from error
+    if erased and (done := acknowledge_open(request, settings, ledger, erased)):
+        typer.echo(done.message, err=True)
+        reply = {"request_id": request.request_id, "state": "approved", "event_id": None}
+        return {**reply, "duplicate": False, "already_erased_by": done.already_erased_by}
     rerun = record.state in (RequestState.REJECTED, RequestState.FAILED) or bool(orphaned)
     if rerun:
         why = f"submitted again: {orphaned}" if orphaned else "submitted again"

@@ -123,7 +123,11 @@ def outcome_lines(outcome: dict, model_name: str, champion_alias: str) -> list[s
     """What an `unlearn` run did, for a person: samples removed, the version, where to look."""
     rid, version = outcome["request_id"], outcome.get("model_version")
     removed = outcome.get("n_forgotten")
-    if outcome.get("duplicate"):
+    erasers = ", ".join(outcome.get("already_erased_by") or [])
+    if outcome.get("kind") == "already-erased":  # every id was erased already
+        again = " (acknowledged before)" if outcome.get("duplicate") else ""
+        head = f"request {rid}{again} {outcome['message']}"
+    elif outcome.get("duplicate"):
         head = f"request {rid} was already approved (model version {version}); nothing to do"
     else:
         plural = "" if removed == 1 else "s"
@@ -132,4 +136,27 @@ def outcome_lines(outcome: dict, model_name: str, champion_alias: str) -> list[s
             f"request {rid} {outcome['state']}: {count}{model_name} version {version} is "
             f"{champion_alias}"
         )
+        if erasers:
+            n = outcome.get("n_already_erased")
+            head += f"; {n} of its ids {'was' if n == 1 else 'were'} erased already, by {erasers}"
     return [head, *review_hint(outcome)]
+
+
+REPLY_KEYS = (
+    "request_id",
+    "state",
+    "model_version",
+    "parent_model_version",
+    "duplicate",
+    "n_forgotten",
+    "mlflow_url",
+)
+
+
+def outcome_reply(outcome: dict) -> dict:
+    """The JSON line `uib request delete` prints for a run: these keys, and the requests that
+    had erased every id of an acknowledged one."""
+    reply = {k: outcome.get(k) for k in REPLY_KEYS}
+    if outcome.get("kind") == "already-erased":
+        reply["already_erased_by"] = outcome["already_erased_by"]
+    return reply

@@ -61,13 +61,20 @@ def build_deployments(settings: Settings) -> list:
 
 
 def serve(settings: Settings, limit: int | None = None) -> None:
-    """Serve every deployment until interrupted; runs execute in subprocesses of this one."""
+    """Serve every deployment until interrupted; runs execute in subprocesses of this one.
+    Waits for the server, and serves again when it comes back after going away
+    (`flows/serving.py` says why Prefect's runner alone does not)."""
     from prefect import serve as prefect_serve
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    from flows.serving import serve_through_restarts
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
         raise RuntimeError(
             "PREFECT_API_URL is not set: `uib serve` needs a Prefect server "
             "(`prefect server start`) to register deployments with"
         )
-    prefect_serve(*build_deployments(settings), limit=limit)
+    serve_through_restarts(
+        lambda: prefect_serve(*build_deployments(settings), limit=limit), api_url
+    )

@@ -3,19 +3,27 @@
 `erase_and_audit` runs whatever the gates said. `finish` completes a request whose approved
 candidate a killed run registered: it moves the alias (unless something else moved it since)
 and erases, or only updates the audit record when the erasure already happened.
+`interrupted_hold` / `finish_held` do the same for a run killed in or after the erasure of a
+request every candidate of which failed a gate: it ends held, as that run would have.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 from flows.attempts import Attempt
 from flows.outcome import Outcome, review_links
 from tasks.data_versioning import DataRepo, DataVersion, read_staged
+from tasks.erased_ids import already_erased_of
 from tasks.erasure import audit_path, erase_request, read_audit, update_audit
 from tasks.predicates import select_samples
 from tasks.registry import champion, client_for, gate_report_of, log_audit, promote
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.review_page import selection_text
 from tasks.settings import Settings
+
+ERASING = "erasing.json"
 
 
 def erase_and_audit(
@@ -29,7 +37,16 @@ def erase_and_audit(
     state: RequestState,
 ) -> str:
     """Erase the forget set and write the audit record, whatever the gates said; from then on
-    the ledger names the request's (and its batch members') samples by salted hash only."""
+    the ledger names the request's (and its batch members') samples by salted hash only.
+
+    The verdict is written beside the staged forget set first (`erasing.json`, gone with it):
+    a run killed inside the erasure has purged the data version its request was resolved on,
+    so a rerun cannot resolve it again; it finishes from this instead."""
+    marker = settings.stage_dir(request.request_id) / ERASING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        json.dumps({"model_outcome": state.value, "model_version": final.model_version})
+    )
     audit = erase_request(
         settings.data_repo,
         request.request_id,
@@ -45,7 +62,11 @@ def erase_and_audit(
         gate_results=final.gates.model_dump(mode="json"),
         model_outcome=state.value,
         selection=selection_text(request),
+        already_erased=already_erased_of(request, forget_ids, settings),
     )
+    marker.unlink()  # the audit record holds the verdict now
+    with contextlib.suppress(OSError):
+        marker.parent.rmdir()
     hash_erased_ids(settings, request.request_id)
     log_audit(settings, final.run_id, audit["audit_path"])
     return audit["audit_path"]
@@ -113,15 +134,75 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
     )
 
 
+def interrupted_hold(settings: Settings, request_id: str) -> str | None:
+    """The rejected version a killed run had concluded `held` with, once its erasure began
+    (the audit record, or the erasure's verdict file), else None."""
+    audit = read_audit(settings.audit_dir, request_id)
+    if audit is not None:
+        held = audit.model_outcome == RequestState.HELD.value
+        return audit.model_version_after if held else None
+    marker = settings.stage_dir(request_id) / ERASING
+    if marker.exists():
+        verdict = json.loads(marker.read_text())
+        if verdict["model_outcome"] == RequestState.HELD.value:
+            return verdict["model_version"]
+    return None
+
+
+def finish_held(request: DeletionRequest, settings: Settings, model_version: str) -> Outcome:
+    """Complete the erasure of a request held by a killed run and hold it again: the outcome
+    (raised by the caller as GatesFailed) of the version the run rejected."""
+    version = client_for(settings).get_model_version(settings.model_name, model_version)
+    tags, parent = version.tags, version.tags["parent_model_version"]
+    repo = DataRepo(settings.data_repo)
+    before = repo.version(tags["data_version_before"])
+    after = repo.version(tags["data_version_after"])
+    gates = gate_report_of(version)
+    final = Attempt(
+        method=tags.get("method", ""),
+        model_version=model_version,
+        run_id=version.run_id,
+        gates=gates,
+    )
+    if read_audit(settings.audit_dir, request.request_id) is None:
+        path = erase_and_audit(
+            request,
+            settings,
+            before,
+            after,
+            forget_ids_of(request, settings, repo, before),
+            parent,
+            final,
+            RequestState.HELD,
+        )
+    else:
+        hash_erased_ids(settings, request.request_id)
+        path = str(audit_path(settings.audit_dir, request.request_id))
+    return Outcome(
+        request_id=request.request_id,
+        state=RequestState.HELD,
+        model_version=model_version,
+        parent_model_version=parent,
+        gates=gates,
+        data_version_before=before,
+        data_version_after=after,
+        audit_path=path,
+        method=final.method,
+        fallback_for=tags.get("fallback_for"),
+        **review_links(settings, model_version, int(tags.get("n_forget") or 0) or None),
+    )
+
+
 def forget_ids_of(
     request: DeletionRequest, settings: Settings, repo: DataRepo, before: DataVersion
 ) -> list[str]:
-    """The request's forget ids for a rerun's erasure: named by the request, or staged by the
-    first run (a run killed inside the erasure has purged the manifest that selected them)."""
-    if request.sample_ids is not None:
-        return list(request.sample_ids)
+    """The request's forget ids for a rerun's erasure: staged by the first run (a run killed
+    inside the erasure has purged the manifest that selected them; of the ids a request
+    names, those erased already are not staged), or named by the request."""
     staged = settings.stage_dir(request.request_id) / "forget.npz"
     if staged.exists():
         return [str(i) for i in read_staged(staged).ids]
+    if request.sample_ids is not None:
+        return list(request.sample_ids)
     manifest = repo.load_manifest(before.git_rev)
     return [str(i) for i in select_samples(manifest, None, request.where)]

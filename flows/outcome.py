@@ -7,8 +7,10 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataVersion
+from tasks.erased_ids import Acknowledgement
+from tasks.erasure import AuditRecord
 from tasks.gate_report import GateReport
-from tasks.requests import DeletionRequest, RequestState
+from tasks.requests import DeletionRequest, RequestRecord, RequestState
 from tasks.review_page import mlflow_ui_command, mlflow_version_url, selection_text
 from tasks.settings import Settings
 
@@ -20,6 +22,15 @@ class RequestRefused(Exception):
 class RequestNotRunnable(Exception):
     """A run may not take the request up as it stands (held, withdrawn, erased, or the champion
     was moved by hand): nothing changed, the ledger state included."""
+
+
+class AlreadyErased(Exception):
+    """Approved requests erased every id the request names: it is acknowledged, approved with
+    no data or model version (`tasks.erased_ids`); the ledger and the audit record hold it."""
+
+    def __init__(self, acknowledgement: Acknowledgement):
+        super().__init__(acknowledgement.message)
+        self.acknowledgement = acknowledgement
 
 
 class GatesFailed(Exception):
@@ -54,6 +65,17 @@ class Outcome(BaseModel):
     mlflow_ui: str | None = Field(
         None, description="the command that serves a local store's UI at `mlflow_url` first"
     )
+    already_erased_by: list[str] = Field(
+        default_factory=list, description="approved requests that had erased some of its ids"
+    )
+    n_already_erased: int = Field(0, description="its ids they had erased (not forgotten again)")
+
+    def already_erased_note(self) -> str:
+        """`; N of its ids were erased already, by …`, or nothing."""
+        if not self.already_erased_by:
+            return ""
+        n, by = self.n_already_erased, ", ".join(self.already_erased_by)
+        return f"; {n} of its ids {'was' if n == 1 else 'were'} erased already, by {by}"
 
 
 def review_links(settings: Settings, model_version: str, n_forgotten: int | None) -> dict:
@@ -120,6 +142,30 @@ def publish_outcome(
     )
 
 
+def answer_duplicate(request: DeletionRequest, record: RequestRecord, logger) -> dict:
+    """An approved request sent again: its recorded outcome, as `duplicate`; nothing runs."""
+    if (acknowledgement := Acknowledgement.of(record)) is not None:
+        publish_outcome(request, record.state, record.message)
+        return acknowledgement.model_copy(update={"duplicate": True}).model_dump(mode="json")
+    message = (
+        f"already approved by an earlier run (model version {record.model_version}); nothing to do"
+    )
+    logger.info("request %s: %s", request.request_id, message)
+    outcome = Outcome.model_validate(record.outcome)
+    publish_outcome(request, record.state, message, outcome.gates, outcome_details(outcome))
+    return outcome.model_copy(update={"duplicate": True}).model_dump(mode="json")
+
+
+def already_erased_fields(audit: AuditRecord | None) -> dict:
+    """The Outcome fields naming the ids approved requests had erased, from the audit record."""
+    if audit is None:
+        return {}
+    return {
+        "already_erased_by": audit.already_erased_by,
+        "n_already_erased": len(audit.already_erased_id_hashes),
+    }
+
+
 def outcome_details(outcome: Outcome) -> list[str]:
     """The outcome's facts as artifact lines, the MLflow version page first."""
     lines = []
@@ -129,7 +175,7 @@ def outcome_details(outcome: Outcome) -> list[str]:
             f"MLflow: [model version {outcome.model_version}]({outcome.mlflow_url}){serve}"
         )
     if outcome.n_forgotten is not None:
-        lines.append(f"removed: {outcome.n_forgotten} samples")
+        lines.append(f"removed: {outcome.n_forgotten} samples" + outcome.already_erased_note())
     return [
         *lines,
         *([outcome.note] if outcome.note else []),

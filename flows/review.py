@@ -310,7 +310,8 @@ def not_runnable(
         )
     if review is None and record.state == RequestState.REJECTED and record.reviews:
         return f"request {rid} was rejected on review ({last}): `uib request retry` runs it again"
-    erased = read_audit(settings.audit_dir, rid) is not None
+    audit = read_audit(settings.audit_dir, rid)
+    erased = audit is not None and not audit.acknowledges  # not one cut short: a run ends it
     if erased and review is None:
         if record.state not in PARKED:  # a run crashed between the erasure and the ledger
             ledger.update(

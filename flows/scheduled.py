@@ -3,7 +3,8 @@
 Each run reads new request objects from the inbox (when `UIB_INBOX_URL` is set), plans a batch
 of compatible pending requests (`tasks.batching`), runs it as one `unlearn` subflow and gives
 every member the batch's outcome. Requests left out stay `pending` with the reason as their
-message, for the next run. A batch of one runs as the request itself.
+message, for the next run. A batch of one runs as the request itself. A pending request every
+id of which an approved request erased already is approved at once (`tasks.erased_ids`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from flows.recovery import recover_orphans
 from flows.unlearn import unlearn_flow
 from tasks.batching import BatchPlan, plan_batch
 from tasks.data_versioning import DataRepo
+from tasks.erased_ids import ErasedIds, acknowledge_open
 from tasks.registry import champion, client_for
-from tasks.requests import DeletionRequest, RequestLedger, RequestRef, RequestState
+from tasks.requests import (
+    DeletionRequest,
+    RequestBusy,
+    RequestLedger,
+    RequestRef,
+    RequestState,
+)
 from tasks.settings import Settings
 
 TERMINAL = (
@@ -62,6 +70,18 @@ def reconcile_members(ledger: RequestLedger) -> list[str]:
     return fixed
 
 
+def refused_batch_members(pending: list, ledger: RequestLedger) -> frozenset[str]:
+    """Pending requests whose batch was refused: each runs alone (`plan_batch`)."""
+    return frozenset(
+        r.request_id
+        for r in pending
+        if r.batch_id
+        and r.batch_id != r.request_id
+        and (batch := ledger.find(r.batch_id)) is not None
+        and batch.state == RequestState.REJECTED
+    )
+
+
 def blocker(settings: Settings, repo: DataRepo, ledger: RequestLedger) -> str | None:
     """Why no request can run now, or None (a held request blocks nobody)."""
     current = champion(client_for(settings), settings)
@@ -97,16 +117,47 @@ def run_batch(
             for member in members:
                 ledger.update(member, RequestState.PENDING, "its batch did not start")
             members = []
+        if members and final.state == RequestState.REJECTED:  # refused as a whole: each alone
+            for member in members:
+                ledger.update(
+                    member,
+                    RequestState.PENDING,
+                    f"its batch {batch.request_id} was refused ({final.message}); it runs "
+                    "alone next",
+                )
+            members = []
         for member in members:
+            erasers = ", ".join(plan.partly_erased.get(member, []))
             ledger.update(
                 member,
                 final.state,
-                f"batch {batch.request_id}: {final.message}",
+                f"batch {batch.request_id}: {final.message}"
+                + (f"; some of its ids were erased already, by {erasers}" if erasers else ""),
                 flow_run_id=final.flow_run_id,
                 model_version=final.model_version,
                 outcome=final.outcome,
             )
     return final.state, final.message
+
+
+def acknowledge_pending(
+    plan: BatchPlan,
+    pending: list,
+    erased: ErasedIds,
+    ledger: RequestLedger,
+    settings: Settings,
+    logger,
+) -> None:
+    """Approve the planned requests every id of which approved requests erased already."""
+    requests = {r.request_id: r.request for r in pending}
+    for request_id in list(plan.acknowledged):
+        request = requests[request_id]
+        already = erased.erased_by(request.sample_ids, exclude=request_id)
+        try:
+            acknowledge_open(request, settings, ledger, already)
+        except RequestBusy:  # a run of it started meanwhile: it answers it
+            plan.acknowledged.pop(request_id)
+            logger.info("request %s: a run holds it; left to that run", request_id)
 
 
 def publish(report: ScheduledReport) -> None:
@@ -120,6 +171,10 @@ def publish(report: ScheduledReport) -> None:
             f"({len(plan.sample_ids)} samples) → **{report.state.value}**"
         )
     lines += [f"- refused `{rid}`: {why}" for rid, why in plan.refused.items()]
+    lines += [
+        f"- approved `{rid}`: every id erased already, by {', '.join(by)}"
+        for rid, by in plan.acknowledged.items()
+    ]
     lines += [f"- left pending `{rid}`: {why}" for rid, why in plan.queued.items()]
     create_markdown_artifact(
         markdown="\n".join(lines),
@@ -150,11 +205,17 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
         elif blocked := blocker(settings, repo, ledger):
             report.blocked = report.message = f"{len(pending)} requests left pending: {blocked}"
         else:
+            erased = ErasedIds.of(settings, ledger)
             report.plan = plan_batch(
-                pending, repo.load_manifest(), settings.shift.max_forget_fraction
+                pending,
+                repo.load_manifest(),
+                settings.shift.max_forget_fraction,
+                erased,
+                alone=refused_batch_members(pending, ledger),
             )
             for request_id, why in report.plan.refused.items():
                 ledger.update(request_id, RequestState.REJECTED, why)
+            acknowledge_pending(report.plan, pending, erased, ledger, settings, logger)
             for request_id, why in report.plan.queued.items():
                 ledger.update(request_id, RequestState.PENDING, why)
             if report.plan.members:
@@ -167,6 +228,10 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
                     report.message = str(error)
                     publish(report)
                     raise
+            elif report.plan.acknowledged:
+                report.message = "approved at once, their ids erased already: " + ", ".join(
+                    report.plan.acknowledged
+                )
             else:
                 report.message = "no request could run"
     logger.info("scheduled run: %s", report.message)

@@ -32,12 +32,21 @@ from prefect.runtime import flow_run
 
 from flows.attempts import Attempt, Job, run_attempts
 from flows.checks import check_data_matches_champion, validate
-from flows.finish import erase_and_audit, finish, hash_erased_ids
+from flows.finish import (
+    erase_and_audit,
+    finish,
+    finish_held,
+    hash_erased_ids,
+    interrupted_hold,
+)
 from flows.outcome import (
+    AlreadyErased,
     GatesFailed,
     Outcome,
     RequestNotRunnable,
     RequestRefused,
+    already_erased_fields,
+    answer_duplicate,
     outcome_details,
     publish_outcome,
     review_links,
@@ -45,6 +54,7 @@ from flows.outcome import (
 from flows.recovery import take_over
 from flows.train import recipe
 from tasks.data_versioning import DataRepo, DataVersion, read_staged, version_forget_set
+from tasks.erased_ids import ErasedIds, acknowledge, finish_acknowledgement
 from tasks.erasure import AuditRecord, audit_path, read_audit, update_audit
 from tasks.faults import fault_point
 from tasks.intake import resolve_request
@@ -82,12 +92,16 @@ def process(
     check_data_matches_champion(repo, current, request.request_id, ledger)
     parent = str(current.version)
     audit = read_audit(settings.audit_dir, request.request_id)
+    if audit is not None and audit.acknowledges:  # a crash cut its acknowledgement short
+        raise AlreadyErased(finish_acknowledgement(settings, ledger, audit))
     if audit is not None:
         return process_erased(request, settings, ledger, review, parent, audit)
     try:
-        resolved = resolve_request(request, settings.data_repo)
+        resolved = resolve_request(request, settings.data_repo, ErasedIds.of(settings, ledger))
     except DataError as error:
         raise RequestRefused(str(error)) from error
+    if not resolved.forget_ids:  # approved requests erased every id it names
+        raise AlreadyErased(acknowledge(request, settings, ledger, resolved.already_erased))
     fault_point("after-resolve")
     validation = validate(request, resolved, settings)
 
@@ -215,6 +229,7 @@ def conclude(
         fallback_for=fallback.model_version if fallback else None,
         note=note,
         **review_links(job.settings, final.model_version, job.n_forget),
+        **already_erased_fields(read_audit(job.settings.audit_dir, request.request_id)),
     )
     if final.gates.passed:
         return outcome
@@ -228,6 +243,16 @@ def conclude(
 
 
 # --------------------------------------------------------------------------- the flow
+
+
+def held_again(outcome: Outcome) -> GatesFailed:
+    return GatesFailed(
+        f"held for review: model version {outcome.model_version} ({outcome.method}) rejected: "
+        f"{outcome.gates.message()}; the forget set is erased (finished after an interrupted run)",
+        outcome.gates,
+        outcome.model_version,
+        outcome,
+    )
 
 
 def run_name() -> str:
@@ -294,28 +319,39 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
             reconcile_champion(settings, ledger, logger)
             record = ledger.get(request.request_id)
         if record.state == RequestState.APPROVED:
-            message = (
-                f"already approved by an earlier run (model version "
-                f"{record.model_version}); nothing to do"
-            )
-            logger.info("request %s: %s", request.request_id, message)
-            outcome = Outcome.model_validate(record.outcome)
-            publish_outcome(request, record.state, message, outcome.gates, outcome_details(outcome))
-            return outcome.model_copy(update={"duplicate": True}).model_dump(mode="json")
+            return answer_duplicate(request, record, logger)
         done = approved_version(client_for(settings), settings, request.request_id)
-        if done is None and (why := not_runnable(record, settings, ledger, review)):
+        cut_short = record.state in (
+            RequestState.RUNNING,
+            RequestState.FAILED,
+            RequestState.PENDING,
+        )
+        held = (
+            interrupted_hold(settings, request.request_id)
+            if cut_short and not (done or review)
+            else None
+        )
+        if (
+            done is None
+            and held is None
+            and (why := not_runnable(record, settings, ledger, review))
+        ):
             raise RequestNotRunnable(why)
         ledger.update(
             request.request_id, RequestState.RUNNING, "", flow_run_id=str(flow_run.get_id())
         )
         try:
-            outcome = (
-                finish(request, settings, done)
-                if done
-                else process(request, settings, ledger, review)
-            )
+            if done:
+                outcome = finish(request, settings, done)
+            elif held:  # a run killed in or after the erasure had held it: hold it again
+                raise held_again(finish_held(request, settings, held))
+            else:
+                outcome = process(request, settings, ledger, review)
             # the versions that learned the erased samples; a failure leaves it to a rerun
             mark_erased_lineage(settings, request.request_id, outcome.parent_model_version)
+        except AlreadyErased as erased:  # acknowledged: approved, no data or model version
+            publish_outcome(request, RequestState.APPROVED, str(erased))
+            return erased.acknowledgement.model_dump(mode="json")
         except RequestRefused as error:
             ledger.update(request.request_id, RequestState.REJECTED, str(error))
             publish_outcome(request, RequestState.REJECTED, str(error))
@@ -354,6 +390,7 @@ def unlearn_flow(request: dict, settings: dict | None = None, review: dict | Non
             "approved: "
             + (f"{outcome.note}, which passes every gate" if outcome.note else "every gate holds")
             + "; forgotten samples erased"
+            + outcome.already_erased_note()
         )
         ledger.update(
             request.request_id,

@@ -4,7 +4,9 @@ Requests are compatible when they agree on whether a class may vanish, select th
 attribute predicate — a slice — or a list of ids) and, together, stay under the shift policy's
 forget fraction; they are taken first come, first served (in the order the ledger received
 them, never by the sender's `requested_at`). A request whose ids no longer resolve
-on the current data version is refused on its own, so it never spoils a batch.
+on the current data version is refused on its own, so it never spoils a batch. Ids an approved
+request erased are no unknown ids (`tasks.erased_ids`): a request naming nothing else is
+acknowledged on its own (`acknowledged`), one naming others joins with those.
 
 Why slices and id lists never share a batch: UIB's prior reads the *systematic* shift of the
 forget set, and scattered ids dilute a slice's. Measured on digits / patch-bias, seed 0: the
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from tasks.predicates import select_samples
+from tasks.erased_ids import ErasedIds, select_unerased
 from tasks.requests import DeletionRequest, RequestRecord
 from uib.samples import DataError
 
@@ -31,6 +33,13 @@ class BatchPlan(BaseModel):
     allow_class_removal: bool = False
     queued: dict[str, str] = Field(default_factory=dict, description="left pending, and why")
     refused: dict[str, str] = Field(default_factory=dict, description="unresolvable, and why")
+    acknowledged: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="every id erased already: approved without a run; → the requests that did",
+    )
+    partly_erased: dict[str, list[str]] = Field(
+        default_factory=dict, description="members some of whose ids were erased already, by"
+    )
 
     def batch_request(self, requests: dict[str, DeletionRequest]) -> DeletionRequest:
         """The request the batch runs as: the member itself for a batch of one."""
@@ -50,20 +59,45 @@ def selector_kind(request: DeletionRequest) -> str:
     return "attribute predicate" if request.where is not None else "sample ids"
 
 
-def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: float) -> BatchPlan:
-    """Pick the batch from `pending` (oldest first) against the current training manifest."""
+def plan_batch(
+    pending: list[RequestRecord],
+    manifest,
+    max_forget_fraction: float,
+    erased: ErasedIds | None = None,
+    alone: frozenset[str] = frozenset(),
+) -> BatchPlan:
+    """Pick the batch from `pending` (oldest first) against the current training manifest;
+    `erased`: the ids approved requests erased (None: every id the data lacks is unknown).
+
+    `alone`: requests whose batch was refused (a batch passes the shift validation as a whole,
+    so one member that removes a class spoils it for all): each runs as a batch of its own,
+    where a refusal is its own."""
     train = manifest[manifest["split"] == "train"]
-    plan, chosen = BatchPlan(), set()
+    plan, chosen, solo = BatchPlan(), set(), False
     for record in sorted(pending, key=lambda r: r.received_at):  # not the sender's claim
         request = record.request
         try:
-            ids = {str(i) for i in select_samples(manifest, request.sample_ids, request.where)}
+            selection = select_unerased(manifest, request, erased)
         except DataError as error:
             plan.refused[request.request_id] = str(error)
+            continue
+        by = sorted({r for erasers in selection.already_erased.values() for r in erasers})
+        if selection.all_erased:
+            plan.acknowledged[request.request_id] = by
+            continue
+        ids = set(selection.forget_ids)
+        if plan.members and (solo or request.request_id in alone):
+            why = (
+                "its batch was refused: it runs alone"
+                if request.request_id in alone
+                else "a request whose batch was refused runs alone first"
+            )
+            plan.queued[request.request_id] = f"{why}; it runs in a later batch"
             continue
         if not plan.members:
             plan.allow_class_removal = request.allow_class_removal
             selector = selector_kind(request)
+            solo = request.request_id in alone
         elif request.allow_class_removal != plan.allow_class_removal:
             plan.queued[request.request_id] = (
                 "allow_class_removal differs from the batch's; it runs in a later batch"
@@ -83,5 +117,7 @@ def plan_batch(pending: list[RequestRecord], manifest, max_forget_fraction: floa
             continue
         plan.members.append(request.request_id)
         chosen |= ids
+        if by:
+            plan.partly_erased[request.request_id] = by
     plan.sample_ids = sorted(chosen)
     return plan

@@ -15,13 +15,18 @@ object can no longer be checked out in full; the record lists those commits.
 
 Deletion is a file removal (local cache, remote), not an overwrite of the disk blocks.
 Copies in other clones' DVC caches are outside the reach of this repository.
+
+A request naming samples an approved request erased already gets a record too: those ids'
+hashes under `already_erased_id_hashes`, the requests that erased them under
+`already_erased_by`, never under `forgotten_id_hashes` (which `tasks.erased_ids` reads as what
+a request itself erased). One that erased nothing else (`acknowledges`) has no data version.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,8 +88,10 @@ class AuditRecord(BaseModel):
     model_outcome: str | None = Field(
         None, description="approved, held (for review), rejected or withdrawn; None: not yet"
     )
-    data_version_before: DataVersion
-    data_version_after: DataVersion
+    data_version_before: DataVersion | None = Field(
+        description="None when every id was erased already: the request made no data version"
+    )
+    data_version_after: DataVersion | None
     model_version_before: str | None
     model_version_after: str | None
     requested_at: datetime
@@ -95,8 +102,19 @@ class AuditRecord(BaseModel):
     unrecoverable_revs: list[str]
     purged_object_count: int
     purged_objects: list[str]
+    already_erased_by: list[str] = Field(
+        default_factory=list, description="the approved requests that had erased some of its ids"
+    )
+    already_erased_id_hashes: list[str] = Field(
+        default_factory=list, description="those ids, by salted hash; not in forgotten_id_hashes"
+    )
     hash_scheme: str = HASH_SCHEME
     forgotten_id_hashes: list[str]
+
+    @property
+    def acknowledges(self) -> bool:
+        """The request erased nothing itself: every id it names was erased already."""
+        return not self.forgotten_id_hashes and bool(self.already_erased_by)
 
     def summarised(self) -> AuditRecord:
         """The record with its summary made from its facts (call after every change)."""
@@ -115,13 +133,22 @@ class AuditRecord(BaseModel):
             "checked out in full"
         )
         last = self.reviews[-1] if self.reviews else None
+        before, after = self.data_version_before, self.data_version_after
+        erasers = ", ".join(self.already_erased_by)
+        already = (
+            f"; {len(self.already_erased_id_hashes)} already erased by {erasers}" if erasers else ""
+        )
+        if self.acknowledges:
+            erased = f"nothing newly erased: every sample was erased by {erasers}"
         summary = AuditSummary(
             outcome=self.model_outcome or "erased; model outcome not yet recorded",
             forgotten=f"{self.n_forgotten} sample{'' if self.n_forgotten == 1 else 's'}"
-            + (f" ({self.selection})" if self.selection else ""),
+            + (f" ({self.selection})" if self.selection else "")
+            + already,
             model_versions=f"{self.model_version_before or '—'} → {self.model_version_after or '—'}",
-            data_versions=f"{self.data_version_before.git_rev[:10]} → "
-            f"{self.data_version_after.git_rev[:10]}",
+            data_versions=f"{before.git_rev[:10]} → {after.git_rev[:10]}"
+            if before and after
+            else "none made: nothing was left to remove",
             gates=gate_line,
             erased=erased,
             last_review=f"{last.action} by {last.by}: {last.reason}" if last else None,
@@ -228,11 +255,13 @@ def build_audit_record(
     completed_at: datetime | None = None,
     model_outcome: str | None = None,
     selection: str | None = None,
+    already_erased: tuple[list[str], list[str]] = ([], []),
 ) -> AuditRecord:
     """The audit record of a completed request: hashes, versions, gates, times, what was purged.
 
     `selection` says how the request chose its samples (`where source=faulty`, `2 ids`); the
-    ids themselves appear only as salted hashes.
+    ids themselves appear only as salted hashes. `already_erased`: (the requests that had
+    erased some of its ids, those ids' hashes).
     """
     if not request_id.strip():
         raise DataError("request_id: must not be empty")
@@ -253,7 +282,29 @@ def build_audit_record(
         notes=[UNRECOVERABLE_NOTE, SCOPE_NOTE] if erasure.unrecoverable_revs else [SCOPE_NOTE],
         model_outcome=model_outcome,
         selection=selection,
+        already_erased_by=already_erased[0],
+        already_erased_id_hashes=already_erased[1],
     ).summarised()
+
+
+def already_erased_part(
+    already_erased: Mapping[str, Sequence[str]] | None, salt: str
+) -> tuple[list[str], list[str]]:
+    """{sample id: the approved requests that erased it} → (those requests, the ids' hashes)."""
+    already = already_erased or {}
+    by = sorted({r for erasers in already.values() for r in erasers})
+    return by, sorted(hash_id(i, salt) for i in already)
+
+
+def write_audit(audit_dir: str | Path, record: AuditRecord) -> Path:
+    """Write `audit_dir/<request_id>.json` whole (600): a killed writer leaves the old or the
+    new record, never half."""
+    private_dir(audit_dir)
+    path = audit_path(audit_dir, record.request_id)
+    partial = path.with_name(path.name + ".tmp")
+    write_private(partial, record.to_json() + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def audit_path(audit_dir: str | Path, request_id: str) -> Path:
@@ -309,10 +360,13 @@ def erase_request(
     gate_results: dict[str, Any] | None = None,
     model_outcome: str | None = None,
     selection: str | None = None,
+    already_erased: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
     """Erase a request's forgotten bytes and write `audit_dir/<request_id>.json`.
 
     Called whatever the gates said: a held request's data is erased all the same.
+    `already_erased`: {sample id: the approved requests that erased it} for the ids it names
+    that were gone before it (`tasks.erased_ids`); the record names them by hash.
     """
     erasure = erase_forgotten(
         DataRepo(repo_root),
@@ -331,14 +385,11 @@ def erase_request(
         requested_at,
         model_outcome=model_outcome,
         selection=selection,
+        already_erased=already_erased_part(already_erased, salt),
     )
     if (earlier := read_audit(audit_dir, request_id)) is not None:  # a rerun keeps the reviews
         record = record.model_copy(update={"reviews": earlier.reviews}).summarised()
-    private_dir(audit_dir)
-    path = audit_path(audit_dir, request_id)
-    partial = path.with_name(path.name + ".tmp")
-    write_private(partial, record.to_json() + "\n")
-    os.replace(partial, path)  # a killed run leaves the old record or the new, never half
+    path = write_audit(audit_dir, record)
     if staged_path is not None:
         Path(staged_path).unlink(missing_ok=True)
     return {"audit_path": str(path), **record.summarised().model_dump(mode="json")}

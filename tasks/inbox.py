@@ -6,7 +6,9 @@ only then recorded in the ledger and moved to `processed/`; a refused one goes t
 beside `<name>.reason.json` naming the problem, and the ledger never sees it. The body is read
 strictly: malformed JSON, a key given twice, a string where a boolean belongs and a missing
 `request_id` are refused by name. A crash between the ledger and the move leaves the object in
-the inbox; the next collection finds the request in the ledger and files it.
+the inbox; the next collection finds the request in the ledger and files it. A request every id
+of which an approved request erased already is approved at once and filed under `processed/`
+(`tasks.erased_ids`): it is done, not bad input.
 
 A `processed/` copy names the request's samples by salted hash (`sample_id_hashes`, as the
 audit record does), never by id: the ledger keeps the ids until the erasure, and nothing reads a
@@ -25,9 +27,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo
+from tasks.erased_ids import ErasedIds, acknowledge_open
 from tasks.intake import Intake, RequestInvalid
 from tasks.redaction import HASH_SCHEME, hash_ids
-from tasks.requests import DeletionRequest, RequestLedger, RequestState
+from tasks.requests import DeletionRequest, RequestBusy, RequestLedger, RequestState
 from tasks.retrying import NETWORK_RETRIES
 from tasks.settings import Settings
 
@@ -41,6 +44,9 @@ class InboxReport(BaseModel):
         default_factory=list, description="request ids the ledger already held"
     )
     rejected: dict[str, str] = Field(default_factory=dict, description="object key → reason")
+    approved: list[str] = Field(
+        default_factory=list, description="request ids approved at once: their ids were erased"
+    )
 
 
 def parse_inbox_url(url: str) -> tuple[str, str]:
@@ -161,7 +167,7 @@ def collect_inbox(settings: Settings) -> InboxReport:
     """Read every new request object into the ledger, then file it; see the module's doc."""
     inbox = Inbox(settings)
     ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
-    intake = Intake(DataRepo(settings.data_repo), ledger)
+    intake = Intake(DataRepo(settings.data_repo), ledger, ErasedIds.of(settings, ledger))
     report = InboxReport()
     for key in inbox.new_keys():
         try:
@@ -177,6 +183,10 @@ def collect_inbox(settings: Settings) -> InboxReport:
             inbox.reject(key, str(error), request.request_id)
             continue
         record, created = ledger.submit(request)
+        if acknowledged(request, intake, ledger, settings):
+            report.approved.append(request.request_id)
+            inbox.move(key, PROCESSED, processed_copy(request, settings.salt()))
+            continue
         if not created:
             report.acknowledged.append(request.request_id)
             # refused by an inbox that recorded its refusals in the ledger
@@ -189,6 +199,18 @@ def collect_inbox(settings: Settings) -> InboxReport:
         report.accepted.append(request.request_id)
         inbox.move(key, PROCESSED, processed_copy(request, settings.salt()))
     return report
+
+
+def acknowledged(
+    request: DeletionRequest, intake: Intake, ledger: RequestLedger, settings: Settings
+) -> bool:
+    """Whether the request, every id of which approved requests erased, is approved now."""
+    if not (already := intake.already_erased(request)):
+        return False
+    try:
+        return acknowledge_open(request, settings, ledger, already) is not None
+    except RequestBusy:  # a run of it holds it: that run answers it
+        return False
 
 
 @task(name="collect-inbox", cache_policy=NO_CACHE, **NETWORK_RETRIES)

@@ -7,11 +7,15 @@ predicate that matches nothing, a reused request id with other content) is a `Re
 which the CLI reports with exit code 2 in both of its modes and the inbox files under
 `rejected/`. What a well-formed request then meets (the shift policy, the gates) is decided by
 the `unlearn` flow, which records the outcome.
+
+An id the data no longer holds because an approved request erased it is no unknown id: it is
+set apart (`tasks.erased_ids`), and a request all of whose ids are erased is acknowledged as
+done (`Intake.already_erased`) rather than refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.data_versioning import DataRepo
-from tasks.predicates import select_samples
+from tasks.erased_ids import ErasedIds, select_unerased
 from tasks.requests import (
     DeletionRequest,
     RequestLedger,
@@ -42,10 +46,14 @@ class Intake:
     """Checks requests against the ledger and the data repository, reading each data version's
     manifest once (the inbox checks many requests in one pass)."""
 
-    def __init__(self, repo: DataRepo, ledger: RequestLedger | None):
-        """`ledger` None: there is none yet (checking a request creates no file)."""
-        self.repo, self.ledger = repo, ledger
+    def __init__(
+        self, repo: DataRepo, ledger: RequestLedger | None, erased: ErasedIds | None = None
+    ):
+        """`ledger` None: there is none yet (checking a request creates no file). `erased`:
+        the ids approved requests erased; None: every id the data lacks is unknown."""
+        self.repo, self.ledger, self.erased = repo, ledger, erased
         self._manifests: dict[str | None, pd.DataFrame] = {}
+        self._erased: dict[str, dict[str, list[str]]] = {}
 
     def manifest(self, rev: str | None = None) -> pd.DataFrame:
         if rev not in self._manifests:
@@ -68,10 +76,30 @@ class Intake:
         if existing is not None and (done := self.repo.find_request(request.request_id)):
             rev = f"{done}~1"  # a crashed run committed its data version: read the one before
         try:
-            select_samples(self.manifest(rev), request.sample_ids, request.where)
+            selection = select_unerased(self.manifest(rev), request, self.erased)
         except DataError as error:
+            if rev is None and self._being_erased(request):
+                return existing  # a run erases its ids now: it waits for it (`tasks.erased_ids`)
             raise RequestInvalid(str(error)) from None
+        if selection.all_erased:
+            self._erased[request.request_id] = selection.already_erased
         return existing
+
+    def _being_erased(self, request: DeletionRequest) -> bool:
+        """Whether a run not approved yet is erasing every id of `request` that the data lacks
+        and no approved request erased."""
+        if request.sample_ids is None or self.erased is None:
+            return False
+        train = self.manifest()
+        present = set(train.loc[train["split"] == "train", "sample_id"].astype(str))
+        missing = [i for i in request.sample_ids if i not in present]
+        rest = set(missing) - set(self.erased.erased_by(missing, exclude=request.request_id))
+        return bool(rest) and rest <= self.erased.being_erased(self.repo, rest)
+
+    def already_erased(self, request: DeletionRequest) -> dict[str, list[str]]:
+        """After `check`: {id: the approved requests that erased it} when they erased every id
+        the request names (it is acknowledged, not run), else {}."""
+        return self._erased.get(request.request_id, {})
 
 
 @dataclass(frozen=True)
@@ -82,6 +110,7 @@ class Resolved:
     scenario: ScenarioConfig | None
     forget_ids: list[str]
     data_rev: str
+    already_erased: dict[str, list[str]] = field(default_factory=dict)  # {id: who erased it}
 
     def manifests(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(original, retain, forget): the manifests the new version would have, and its slice."""
@@ -104,8 +133,11 @@ class Resolved:
 
 
 @task(name="resolve-request", cache_policy=NO_CACHE)
-def resolve_request(request: DeletionRequest, repo_root: str | Path) -> Resolved:
-    """The request's training-sample ids, read from the data version it applies to.
+def resolve_request(
+    request: DeletionRequest, repo_root: str | Path, erased: ErasedIds | None = None
+) -> Resolved:
+    """The request's training-sample ids, read from the data version it applies to; those an
+    approved request erased (`erased`) apart. No `forget_ids`: every one was erased already.
 
     A rerun of a request whose data commit exists reads the version before that commit.
     """
@@ -113,5 +145,11 @@ def resolve_request(request: DeletionRequest, repo_root: str | Path) -> Resolved
     done = repo.find_request(request.request_id)
     rev = f"{done}~1" if done else None
     dataset, scenario = repo.load(rev)
-    ids = select_samples(dataset.manifest, request.sample_ids, request.where)
-    return Resolved(dataset, scenario, [str(i) for i in ids], repo.version(rev or "HEAD").git_rev)
+    selection = select_unerased(dataset.manifest, request, erased)
+    return Resolved(
+        dataset,
+        scenario,
+        selection.forget_ids,
+        repo.version(rev or "HEAD").git_rev,
+        selection.already_erased,
+    )

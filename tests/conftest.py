@@ -7,6 +7,16 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("UIB_MNIST_DIR") or REPO.parent / "shared" / "data" / "mnist")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_prefect_home(tmp_path_factory):
+    """Prefect's files for every process a test starts (the CLI's temporary server and its
+    SQLite database) in this session's own folder: never the user's `~/.prefect`, and one per
+    pytest-xdist worker, so two workers' CLIs never share a server database."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():

@@ -73,3 +73,23 @@ def test_a_batch_of_one_runs_as_the_request_itself():
     plan = plan_batch(records, MANIFEST, max_forget_fraction=0.15)
     assert plan.members == ["only"]
     assert plan.batch_request({"only": records[0].request}) is records[0].request
+
+
+def test_members_of_a_refused_batch_run_alone_one_by_one():
+    """A batch passes the shift validation as a whole; after one was refused, each of its
+    members runs as a batch of its own, so one request that removes a class spoils only itself."""
+    records = [
+        pending("a", 0, where={"source": "faulty"}),
+        pending("b", 1, where={"source": "clean"}),
+        pending("c", 2, where={"source": "faulty"}),
+    ]
+    alone = frozenset({"a", "b"})
+    plan = plan_batch(records, MANIFEST, max_forget_fraction=1.0, alone=alone)
+    assert plan.members == ["a"] and set(plan.queued) == {"b", "c"}
+    assert "its batch was refused" in plan.queued["b"]
+    assert "runs alone first" in plan.queued["c"]
+    later = plan_batch(records[1:], MANIFEST, max_forget_fraction=1.0, alone=frozenset({"b"}))
+    assert later.members == ["b"]
+    after = plan_batch(records[2:], MANIFEST, max_forget_fraction=1.0, alone=frozenset())
+    assert after.members == ["c"]
+    assert plan_batch(records, MANIFEST, 1.0).members == ["a", "b", "c"]  # nothing refused yet

@@ -68,6 +68,19 @@ if _hosts:
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
+def env_file(**values: str) -> dict[str, str]:
+    """What a user puts in `infra/.env`: every variable `.env.example` lists, a fresh random
+    secret for each (empty for the optional ones), then `values`."""
+    import secrets
+
+    optional = {"UIB_WORKER_IMAGE", "UIB_GPU_DEPLOYMENT", "UIB_SCHEDULE_CRON"}
+    lines = (INFRA / ".env.example").read_text().splitlines()
+    names = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+    filled = {n: "" if n in optional else f"{n.lower()[:6]}-{secrets.token_hex(8)}" for n in names}
+    filled["PREFECT_AUTH_STRING"] = f"uib:{secrets.token_hex(8)}"
+    return {**filled, **values}
+
+
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's interpolation: `${X}`, `${X:-default}`, `${X-default}`, `${X:?error}`,
     `${X?error}`, `$X`, and `$$` for a literal `$`."""

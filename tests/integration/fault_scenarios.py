@@ -206,3 +206,35 @@ def test_a_failing_dvc_remote_is_retried_then_fails_leaving_the_version_as_it_wa
     assert isinstance(pushed.result(raise_on_failure=False), StorageError)
     assert repo.current() == version and repo.history() == [version.git_rev]
     assert read_journal(repo.root) is None and not (tmp_path / "forget.npz").exists()
+
+
+def test_a_held_request_killed_inside_its_erasure_is_held_again_not_refused(home, prefect_harness):
+    """Every candidate fails a gate (`hold`), and the run is killed inside the erasure, after
+    the purge: the rerun cannot resolve the request on the purged version any more. It finishes
+    the erasure from the verdict the killed run wrote and holds the request (it used to refuse
+    it, with no audit record)."""
+    from prefect.settings import PREFECT_API_URL
+
+    held = ["request", "delete", "--ids", "digits-train-00003", "--request-id", "held-kill"]
+    impossible = {"UIB_ON_GATE_FAILURE": "hold", "UIB_GATES__MAX_TA_DROP_PP": "-50"}
+    api = PREFECT_API_URL.value()
+    with_gates = Settings(home=home.home)
+    os.environ.update(impossible)
+    try:
+        killed = uib(with_gates, *held, "--run-here", fault="erasing", api_url=api)
+        assert_killed(killed, "erasing")
+        assert not (home.audit_dir / "held-kill.json").exists()
+        assert (home.stage_dir("held-kill") / "erasing.json").exists()
+        code, out, err, _ = uib(with_gates, *held, "--run-here", fault=None, api_url=api)
+    finally:
+        for key in impossible:
+            os.environ.pop(key, None)
+    assert code == 1 and "held for review" in err, err[-3000:]
+    record = RequestLedger(home.ledger_path).get("held-kill")
+    assert record.state == RequestState.HELD and record.model_version == "2", record.message
+    assert record.ids_hashed and "digits-train-00003" not in record.request.sample_ids
+    assert versions(home) == ["1", "2"] and champion_version(home) == "1"
+    audit = json.loads((home.audit_dir / "held-kill.json").read_text())
+    assert audit["model_outcome"] == "held" and audit["n_forgotten"] == 1
+    assert audit["model_version_after"] == "2"
+    assert not home.stage_dir("held-kill").exists() and running_runs(home) == []

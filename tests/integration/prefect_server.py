@@ -82,12 +82,19 @@ def wait_for_http(process, url: str, what: str, log: Path, timeout: float) -> No
 @contextmanager
 def prefect_server(root: Path):
     """Yields the API URL of a Prefect server (SQLite under `root`) with its services running."""
-    port = free_port()
+    with prefect_server_at(root, free_port()) as api_url:
+        yield api_url
+
+
+@contextmanager
+def prefect_server_at(root: Path, port: int, log: Path | None = None):
+    """`prefect_server` on a given port: started again with the same `root` and port, it is the
+    same server restarted (same URL, same database `root/prefect.db`)."""
     env = {
         **quiet_prefect_env(root / "prefect-home"),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
     }
-    log = root / "prefect-server.log"
+    log = log or root / "prefect-server.log"
     api_url = f"http://127.0.0.1:{port}/api"
     with running(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

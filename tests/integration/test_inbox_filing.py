@@ -2,6 +2,7 @@
 with a reason naming the field and never reach the ledger; objects in subfolders are read.
 
 No Prefect server and no model: the inbox's collection is a plain function of the settings.
+A request naming only ids an approved request erased is approved and filed under `processed/`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import pytest
 
 from tasks.redaction import hash_id
-from tasks.requests import DeletionRequest, RequestLedger
+from tasks.requests import DeletionRequest, RequestLedger, RequestState
 from tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -103,8 +104,50 @@ def test_the_inbox_files_hostile_objects_by_name_and_reads_subfolders(
     assert sorted(r.request_id for r in ledger.list()) == ["in-nested", "in-valid", "taken"]
     assert ledger.get("taken").request == TAKEN
     assert repo.current() == head
-    assert collect_inbox(settings).model_dump() == {
-        "accepted": [],
-        "acknowledged": [],
-        "rejected": {},
-    }
+    nothing_new = {"accepted": [], "acknowledged": [], "rejected": {}, "approved": []}
+    assert collect_inbox(settings).model_dump() == nothing_new
+
+    # the same sample sent again after an approved request erased it: done, not bad input
+    erased_by_earlier(settings, "earlier", "digits-train-99990")
+    again = {"request_id": "in-again", "sample_ids": ["digits-train-99990"]}
+    s3.put_object(Bucket=BUCKET, Key=PREFIX + "again.json", Body=json.dumps(again).encode())
+    assert collect_inbox(settings).model_dump() == {**nothing_new, "approved": ["in-again"]}
+    record = ledger.get("in-again")
+    assert record.state == RequestState.APPROVED and "erased already, by earlier" in record.message
+    assert record.ids_hashed and (settings.audit_dir / "in-again.json").exists()
+    filed = s3.get_object(Bucket=BUCKET, Key=PREFIX + "processed/again.json")["Body"].read()
+    assert b"digits-train-99990" not in filed
+    assert collect_inbox(settings).model_dump() == nothing_new
+
+
+def erased_by_earlier(settings: Settings, request_id: str, sample_id: str) -> None:
+    """What an approved request that erased `sample_id` leaves: its audit record, and its
+    ledger row approved with the id hashed."""
+    from datetime import UTC, datetime
+
+    from tasks.erasure import AuditRecord, write_audit
+
+    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
+    ledger.submit(DeletionRequest(request_id=request_id, sample_ids=[sample_id]))
+    now = datetime.now(UTC)
+    write_audit(
+        settings.audit_dir,
+        AuditRecord(
+            request_id=request_id,
+            n_forgotten=1,
+            data_version_before=None,
+            data_version_after=None,
+            model_version_before="1",
+            model_version_after="2",
+            requested_at=now,
+            completed_at=now,
+            notes=[],
+            gate_results={},
+            unrecoverable_revs=[],
+            purged_object_count=0,
+            purged_objects=[],
+            forgotten_id_hashes=[hash_id(sample_id, settings.salt())],
+        ),
+    )
+    ledger.redact_ids(request_id)
+    ledger.update(request_id, RequestState.APPROVED, "approved")

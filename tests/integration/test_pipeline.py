@@ -20,6 +20,7 @@ import pytest
 from erasure_scan import test_after_approval_no_store_holds_a_forgotten_id_or_image  # noqa: F401
 from fault_scenarios import (  # noqa: F401
     test_a_failing_dvc_remote_is_retried_then_fails_leaving_the_version_as_it_was,
+    test_a_held_request_killed_inside_its_erasure_is_held_again_not_refused,
     test_a_request_killed_at_every_boundary_finishes_exactly_once,
 )
 from mlflow import MlflowClient
@@ -393,3 +394,60 @@ def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path):
     assert {"results.csv", "results.md"} <= artifacts
     plots = [a.path for a in client.list_artifacts(result["run_id"], "plots")]
     assert plots == ["plots/avg_gap_vs_time_ratio.png"]
+
+
+def test_the_same_ids_sent_again_under_a_new_request_id_are_acknowledged(home, monkeypatch):
+    """A person asks by the web form, then by e-mail: the second request names ids the first
+    erased. It is done, not bad input: approved naming the first, with no data or model
+    version, its own audit record and its ids hashed. One that also names a new id forgets
+    that one alone; an id that was never there is still refused."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.redaction import hash_ids
+
+    ids = ["digits-train-00005", "digits-train-00006"]
+    assert run(DeletionRequest(request_id="by-form", sample_ids=ids), home)["state"] == "approved"
+    overlap = DeletionRequest(request_id="overlap", sample_ids=[ids[1], "digits-train-00007"])
+    partly = run(overlap, home)
+    assert partly["state"] == "approved" and partly["already_erased_by"] == ["by-form"]
+    audit = json.loads((home.audit_dir / "overlap.json").read_text())
+    assert audit["n_forgotten"] == 1 and audit["already_erased_by"] == ["by-form"]
+    message = RequestLedger(home.ledger_path).get("overlap").message
+    assert message.endswith("; 1 of its ids was erased already, by by-form"), message
+    before = stored_state(home)
+
+    monkeypatch.setenv("UIB_HOME", str(home.home))
+    mail = ["request", "delete", *(f"--ids={i}" for i in [*ids, "digits-train-00007"])]
+    sent = CliRunner().invoke(app, [*mail, "--request-id", "by-mail", "--run-here"])
+    assert sent.exit_code == 0, sent.output
+    reply = json.loads(sent.stdout.splitlines()[-1])
+    assert reply["state"] == "approved" and reply["model_version"] is None
+    assert reply["already_erased_by"] == ["by-form", "overlap"] and not reply["duplicate"]
+    record = RequestLedger(home.ledger_path).get("by-mail")
+    assert record.state == RequestState.APPROVED and record.model_version is None
+    assert "erased already, by by-form, overlap" in record.message and record.ids_hashed
+    audit = json.loads((home.audit_dir / "by-mail.json").read_text())
+    assert audit["n_forgotten"] == 0 and audit["forgotten_id_hashes"] == []
+    assert audit["already_erased_by"] == ["by-form", "overlap"]
+    hashed = sorted(hash_ids([*ids, "digits-train-00007"], home.salt()))
+    assert audit["already_erased_id_hashes"] == hashed and audit["data_version_after"] is None
+    after = stored_state(home)
+    assert {k: after[k] for k in ("data", "versions", "champion")} == {
+        k: before[k] for k in ("data", "versions", "champion")
+    }
+    again = CliRunner().invoke(app, [*mail, "--request-id", "by-mail", "--run-here"])
+    assert again.exit_code == 0 and json.loads(again.stdout.splitlines()[-1])["duplicate"]
+    # by event (the harness sets PREFECT_API_URL): acknowledged at once, no event, no run
+    phoned = CliRunner().invoke(app, [*mail[:3], "--request-id", "by-phone"])
+    assert phoned.exit_code == 0, phoned.output
+    assert json.loads(phoned.stdout.splitlines()[-1]) == {
+        "request_id": "by-phone",
+        "state": "approved",
+        "event_id": None,
+        "duplicate": False,
+        "already_erased_by": ["by-form"],
+    }
+    typo = CliRunner().invoke(app, [*mail[:3], "--ids=digits-train-99999", "--run-here"])
+    assert typo.exit_code == 2 and "1 ids not in the train split" in typo.output
+    assert "digits-train-99999" in typo.output and "digits-train-00005" not in typo.output

@@ -6,12 +6,11 @@ container runs them; then the stores are read, and the MLflow UI is read in a br
 from __future__ import annotations
 
 import json
-import secrets
 import shlex
 from pathlib import Path
 
 import pytest
-from compose_stack import ADDRESSES, compose_stack, resolving
+from compose_stack import ADDRESSES, compose_stack, env_file, resolving
 from mlflow import MlflowClient
 from prefect_server import wait_until
 
@@ -22,17 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_IN_WORKER = ["docker", "compose", "-f", "infra/compose.yaml", "run", "--rm", "worker"]
-VARIABLES = {  # what a user puts in infra/.env
-    "POSTGRES_PASSWORD": secrets.token_hex(8),
-    "MINIO_ROOT_USER": "uib-store",
-    "MINIO_ROOT_PASSWORD": secrets.token_hex(8),
-    "PREFECT_AUTH_STRING": f"uib:{secrets.token_hex(8)}",
-    "MLFLOW_ADMIN_USER": "uib-admin",
-    "MLFLOW_ADMIN_PASSWORD": secrets.token_hex(8),
-    "MLFLOW_SECRET_KEY": secrets.token_hex(16),
-    "UIB_WORKER_IMAGE": "",
-    "UIB_GPU_DEPLOYMENT": "unlearn-step/local",  # the step as its own deployment, as on a GPU pool
-}
+VARIABLES = env_file(  # what a user puts in infra/.env
+    MINIO_ROOT_USER="uib-store",
+    MLFLOW_ADMIN_USER="uib-admin",
+    UIB_GPU_DEPLOYMENT="unlearn-step/local",  # the step as its own deployment, as on a GPU pool
+)
 MLFLOW_URI = "http://mlflow:5000"  # the workers' MLFLOW_TRACKING_URI, Host header included
 HELD_ID = "servers-held"
 
