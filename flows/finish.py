@@ -83,10 +83,16 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
     """A run crashed after the candidate was approved: promote it if nothing else moved the
     champion since, and erase unless the audit record shows it done."""
     client = client_for(settings)
-    tags, parent = version.tags, version.tags["parent_model_version"]
     current = champion(client, settings)
-    if current is not None and str(current.version) == parent:
+    if current is not None and str(current.version) == version.tags["parent_model_version"]:
         promote(client, settings, str(version.version))
+    return complete(request, settings, version, RequestState.APPROVED)
+
+
+def complete(request: DeletionRequest, settings: Settings, version, state: RequestState) -> Outcome:
+    """Erase unless the audit record shows it done (then record `state` in it), and the
+    outcome of `version`, the candidate a killed run concluded `state` with."""
+    tags, parent = version.tags, version.tags["parent_model_version"]
     repo = DataRepo(settings.data_repo)
     before = repo.version(tags["data_version_before"])
     after = repo.version(tags["data_version_after"])
@@ -101,7 +107,7 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
         update_audit(
             settings.audit_dir,
             request.request_id,
-            model_outcome=RequestState.APPROVED.value,
+            model_outcome=state.value,
             model_version_after=final.model_version,
             gate_results=gates.model_dump(mode="json"),
         )
@@ -117,11 +123,11 @@ def finish(request: DeletionRequest, settings: Settings, version) -> Outcome:
             forget_ids_of(request, settings, repo, before),
             parent,
             final,
-            RequestState.APPROVED,
+            state,
         )
     return Outcome(
         request_id=request.request_id,
-        state=RequestState.APPROVED,
+        state=state,
         model_version=str(version.version),
         parent_model_version=parent,
         gates=gates,
@@ -153,44 +159,7 @@ def finish_held(request: DeletionRequest, settings: Settings, model_version: str
     """Complete the erasure of a request held by a killed run and hold it again: the outcome
     (raised by the caller as GatesFailed) of the version the run rejected."""
     version = client_for(settings).get_model_version(settings.model_name, model_version)
-    tags, parent = version.tags, version.tags["parent_model_version"]
-    repo = DataRepo(settings.data_repo)
-    before = repo.version(tags["data_version_before"])
-    after = repo.version(tags["data_version_after"])
-    gates = gate_report_of(version)
-    final = Attempt(
-        method=tags.get("method", ""),
-        model_version=model_version,
-        run_id=version.run_id,
-        gates=gates,
-    )
-    if read_audit(settings.audit_dir, request.request_id) is None:
-        path = erase_and_audit(
-            request,
-            settings,
-            before,
-            after,
-            forget_ids_of(request, settings, repo, before),
-            parent,
-            final,
-            RequestState.HELD,
-        )
-    else:
-        hash_erased_ids(settings, request.request_id)
-        path = str(audit_path(settings.audit_dir, request.request_id))
-    return Outcome(
-        request_id=request.request_id,
-        state=RequestState.HELD,
-        model_version=model_version,
-        parent_model_version=parent,
-        gates=gates,
-        data_version_before=before,
-        data_version_after=after,
-        audit_path=path,
-        method=final.method,
-        fallback_for=tags.get("fallback_for"),
-        **review_links(settings, model_version, int(tags.get("n_forget") or 0) or None),
-    )
+    return complete(request, settings, version, RequestState.HELD)
 
 
 def forget_ids_of(

@@ -16,6 +16,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 import numpy as np
@@ -63,18 +65,30 @@ PIPELINE_CHAMPION = "pipeline_champion"
 MODEL_SPEC_TAG = "model_spec"
 
 
-def use_store(settings: Settings) -> None:
-    """Point MLflow at the configured store, leaving the environment as the user set it.
+@contextmanager
+def environment_kept(name: str) -> Iterator[None]:
+    """Leave the environment variable `name` as the user set it.
 
-    `mlflow.set_tracking_uri` also exports `MLFLOW_TRACKING_URI`, which `Settings` reads as the
-    user's choice: left there, one state folder's store would follow every later Settings.
+    MLflow exports what it is told for subprocesses to inherit: `set_tracking_uri` exports
+    `MLFLOW_TRACKING_URI` (which `Settings` reads as the user's choice) and `set_experiment`
+    `MLFLOW_EXPERIMENT_ID`. Left there, one state folder's store and experiment would follow
+    every later Settings and every process started after it: a team's training script logged
+    to experiment 1 of a store that has none.
     """
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def use_store(settings: Settings) -> None:
+    """Point MLflow at the configured store, leaving the environment as the user set it."""
+    with environment_kept("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(settings.tracking_uri)
 
 
 def client_for(settings: Settings) -> MlflowClient:
@@ -86,7 +100,8 @@ def client_for(settings: Settings) -> MlflowClient:
         if settings.tracking_uri.startswith("sqlite:"):
             location = settings.artifact_root.as_uri()
         client.create_experiment(settings.experiment, artifact_location=location)
-    mlflow.set_experiment(settings.experiment)
+    with environment_kept("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(settings.experiment)
     secure_state(settings.home)  # the state folder 700, its files 600
     return client
 

@@ -371,6 +371,22 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert Settings().tracking_uri == "http://mlflow:5000"
 
 
+def test_opening_the_registry_exports_no_store_or_experiment_to_later_processes(
+    monkeypatch, tmp_path
+):
+    """`mlflow.set_tracking_uri` and `mlflow.set_experiment` export what they are told; a team
+    script started later logged to experiment 1 of its own store, which had none."""
+    from tasks.registry import client_for
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    client_for(Settings(home=tmp_path / "uib"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "7")  # the user's own stays
+    client_for(Settings(home=tmp_path / "uib"))
+    assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7"
+
+
 def test_benchmark_flow_logs_every_run_to_mlflow(tmp_path):
     from flows.benchmark import benchmark_flow
 
