@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from prefect_server import BIN, quiet_prefect_env, running, wait_until
+from prefect_server import BIN, quiet_prefect_env, running, wait_for_http, wait_until
 from s3_server import S3Server
 from stores import PG_USER, _as_postgres
 
@@ -294,7 +294,7 @@ def minio_service(stack: Stack) -> Iterator[S3Server]:
     env = environment_of(stack.compose["services"]["minio"])
     server = S3Server(stack.url("minio", port))
     with running(command, env, log) as process:
-        wait_until(lambda: answers(process, f"{server.endpoint_url}/moto-api/", log), 60, "minio")
+        wait_for_http(process, f"{server.endpoint_url}/moto-api/", "minio (moto)", log, 60)
         buckets = re.findall(
             r"\bstore/([\w.-]+)", " ".join(command_of(stack.compose["services"]["buckets"]))
         )
@@ -302,17 +302,6 @@ def minio_service(stack: Stack) -> Iterator[S3Server]:
         for bucket in buckets:
             server.create_bucket(bucket)
         yield server
-
-
-def answers(process, url: str, log: Path) -> bool:
-    import httpx
-
-    if process.poll() is not None:
-        raise AssertionError(f"{url} exited:\n{log.read_text()[-3000:]}")
-    try:
-        return httpx.get(url, timeout=2).status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 @contextmanager
