@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
+from erasures import record_erased
 
 from tasks.erased_ids import (
     Acknowledgement,
@@ -20,7 +21,7 @@ from tasks.erased_ids import (
     acknowledge_open,
     select_unerased,
 )
-from tasks.erasure import AuditRecord, audit_path, read_audit, write_audit
+from tasks.erasure import audit_path, read_audit
 from tasks.intake import Intake, RequestInvalid
 from tasks.redaction import hash_ids
 from tasks.requests import DeletionRequest, RequestLedger, RequestRecord, RequestState
@@ -51,46 +52,16 @@ class Repo:
         return []
 
 
-def erased(settings: Settings, ledger: RequestLedger, request_id, ids, state, members=()):
-    """Record `request_id` as a run leaves it once its forget set (`ids`) is erased: its audit
-    record, its ledger row (and its batch members', `(id, ids)`) in `state`, ids hashed."""
-    ledger.submit(DeletionRequest(request_id=request_id, sample_ids=ids))
-    for member, named in members:
-        ledger.submit(DeletionRequest(request_id=member, sample_ids=named))
-        ledger.update(member, state, batch_id=request_id)
-    now = datetime.now(UTC)
-    record = AuditRecord(
-        request_id=request_id,
-        n_forgotten=len(ids),
-        model_outcome=state.value,
-        data_version_before=None,
-        data_version_after=None,
-        model_version_before="1",
-        model_version_after="2",
-        requested_at=now,
-        completed_at=now,
-        notes=[],
-        gate_results={},
-        unrecoverable_revs=[],
-        purged_object_count=0,
-        purged_objects=[],
-        forgotten_id_hashes=sorted(hash_ids(ids, SALT)),
-    )
-    write_audit(settings.audit_dir, record)
-    ledger.redact_ids(request_id)
-    ledger.update(request_id, state, "done")
-
-
 @pytest.fixture
 def state(tmp_path):
     """Approved: `first` (s100, s101) and the batch `batch-1` (s103 asked by `m-a`, s104 by
     `m-b`); held, so not done: `parked` (s102). None of these ids is in MANIFEST any more."""
     settings = Settings(home=tmp_path / "uib", audit_salt=SALT)
     ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
-    erased(settings, ledger, "first", ["s100", "s101"], RequestState.APPROVED)
-    erased(settings, ledger, "parked", ["s102"], RequestState.HELD)
+    record_erased(settings, "first", ["s100", "s101"], RequestState.APPROVED)
+    record_erased(settings, "parked", ["s102"], RequestState.HELD)
     members = [("m-a", ["s103"]), ("m-b", ["s104"])]
-    erased(settings, ledger, "batch-1", ["s103", "s104"], RequestState.APPROVED, members)
+    record_erased(settings, "batch-1", ["s103", "s104"], RequestState.APPROVED, members)
     return settings, ledger
 
 

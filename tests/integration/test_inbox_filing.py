@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from erasures import record_erased
 
 from tasks.redaction import hash_id
 from tasks.requests import DeletionRequest, RequestLedger, RequestState
@@ -108,7 +109,7 @@ def test_the_inbox_files_hostile_objects_by_name_and_reads_subfolders(
     assert collect_inbox(settings).model_dump() == nothing_new
 
     # the same sample sent again after an approved request erased it: done, not bad input
-    erased_by_earlier(settings, "earlier", "digits-train-99990")
+    record_erased(settings, "earlier", ["digits-train-99990"], message="approved")
     again = {"request_id": "in-again", "sample_ids": ["digits-train-99990"]}
     s3.put_object(Bucket=BUCKET, Key=PREFIX + "again.json", Body=json.dumps(again).encode())
     assert collect_inbox(settings).model_dump() == {**nothing_new, "approved": ["in-again"]}
@@ -118,36 +119,3 @@ def test_the_inbox_files_hostile_objects_by_name_and_reads_subfolders(
     filed = s3.get_object(Bucket=BUCKET, Key=PREFIX + "processed/again.json")["Body"].read()
     assert b"digits-train-99990" not in filed
     assert collect_inbox(settings).model_dump() == nothing_new
-
-
-def erased_by_earlier(settings: Settings, request_id: str, sample_id: str) -> None:
-    """What an approved request that erased `sample_id` leaves: its audit record, and its
-    ledger row approved with the id hashed."""
-    from datetime import UTC, datetime
-
-    from tasks.erasure import AuditRecord, write_audit
-
-    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
-    ledger.submit(DeletionRequest(request_id=request_id, sample_ids=[sample_id]))
-    now = datetime.now(UTC)
-    write_audit(
-        settings.audit_dir,
-        AuditRecord(
-            request_id=request_id,
-            n_forgotten=1,
-            data_version_before=None,
-            data_version_after=None,
-            model_version_before="1",
-            model_version_after="2",
-            requested_at=now,
-            completed_at=now,
-            notes=[],
-            gate_results={},
-            unrecoverable_revs=[],
-            purged_object_count=0,
-            purged_objects=[],
-            forgotten_id_hashes=[hash_id(sample_id, settings.salt())],
-        ),
-    )
-    ledger.redact_ids(request_id)
-    ledger.update(request_id, RequestState.APPROVED, "approved")
