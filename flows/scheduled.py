@@ -199,7 +199,7 @@ def unlearn_scheduled_flow(settings: dict | None = None) -> dict:
             report.recovered = recovered
         reconcile_members(ledger)
         pending = ledger.list(RequestState.PENDING)
-        repo = DataRepo(settings.data_repo)
+        repo = DataRepo(settings.data_repo) if pending else None  # none before `train` ran
         if not pending:
             report.message = "no pending request"
         elif blocked := blocker(settings, repo, ledger):
