@@ -63,6 +63,27 @@ class CurvatureConfig(MethodConfig):
         "drops exceed held-out data's at this significance "
         "(one-sided Mann–Whitney)",
     )
+    sibling_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="a shared pattern is the forget set's own only while fewer than this many "
+        "retained samples per forget sample carry it too (the estimated siblings); with more, "
+        "retrain keeps the pattern and the forget set is scattered among its siblings; see "
+        "retained_siblings",
+    )
+    sibling_level: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="and when the retained samples' drops exceed held-out ones at this "
+        "significance (one-sided Mann–Whitney)",
+    )
+    sibling_sample: int = Field(
+        1000,
+        ge=10,
+        description="retained rows of the forget set's labels scored for siblings (a random "
+        "subsample when there are more; the count is scaled back up)",
+    )
     min_pattern_size: int = Field(
         10,
         ge=2,
