@@ -1,9 +1,10 @@
 """What must hold before a request changes anything: the data repository matches the champion
-(or is ahead of it only by parked requests), and the shift the request makes validates."""
+(or is ahead of it only by parked requests), the champion answers the data, and the shift the
+request makes validates."""
 
 from __future__ import annotations
 
-from flows.outcome import RequestRefused
+from flows.outcome import ChampionUnfit, RequestRefused
 from tasks.data_versioning import DataRepo
 from tasks.intake import Resolved
 from tasks.requests import PARKED, DeletionRequest, RequestLedger
@@ -46,6 +47,22 @@ def check_data_matches_champion(
             f"{rev.git_rev[:10]} ({rev.message!r}): finish that request (run it again) or "
             "review it (`uib requests`, `uib request …`) first"
         )
+
+
+def check_champion_answers(model, dataset, version: str) -> None:
+    """Refuse to start from a champion that cannot answer the data: a NaN-poisoned model, or one
+    of another input shape or class count. Unchecked, its request would be versioned and erased,
+    then every candidate fail its gates or crash on the scores. Not the request's fault, so it
+    stays retryable (`failed`) rather than rejected."""
+    from tasks.adoption import AdoptionError, check_answers
+
+    try:
+        check_answers(model, dataset)
+    except AdoptionError as error:
+        raise ChampionUnfit(
+            f"the champion, version {version}, cannot be unlearned from: {error}; nothing was "
+            "changed: make a sound version champion and send the request again"
+        ) from None
 
 
 def validate(request: DeletionRequest, resolved: Resolved, settings: Settings) -> ValidationReport:

@@ -150,7 +150,15 @@ def request_delete(
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() and not run_here:
-        typer.echo(json.dumps(submit_by_event(request, settings, existing, erased)))
+        try:
+            reply = submit_by_event(request, settings, existing, erased)
+        except typer.Exit:
+            raise
+        except Exception as error:  # a full disk: one line, not a traceback
+            raise fail(
+                f"request {request.request_id} not submitted", error, home=settings.home
+            ) from error
+        typer.echo(json.dumps(reply))
         return
     from tasks.review_page import selection_text
 
@@ -165,12 +173,21 @@ def request_delete(
         RequestLedger(settings.ledger_path, salt=settings.salt).submit(request)
     except ValueError as error:  # sent with other content since `check_request`
         raise invalid("request", error) from error
+    except Exception as error:  # a full disk: one line, not a traceback
+        raise fail(
+            f"request {request.request_id} not recorded", error, home=settings.home
+        ) from error
     reference = RequestRef(request_id=request.request_id).model_dump(mode="json")
     try:
         with clean_failures(Terminal.debug), prefect_api():
             outcome = unlearn_flow(reference, settings.overrides())
     except Exception as error:
-        exit_code = fail(f"request {request.request_id} not approved", error, expected_failures())
+        exit_code = fail(
+            f"request {request.request_id} not approved",
+            error,
+            expected_failures(),
+            home=settings.home,
+        )
         if isinstance(error, GatesFailed):
             for line in held_lines(error.outcome.model_dump(mode="json")):
                 typer.echo(line, err=True)

@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 
@@ -70,16 +71,24 @@ def clean_failures(debug: bool) -> Iterator[None]:
 
 
 def fail(
-    prefix: str, error: BaseException, expected: tuple[type[BaseException], ...] = ()
+    prefix: str,
+    error: BaseException,
+    expected: tuple[type[BaseException], ...] = (),
+    home: str | Path | None = None,
 ) -> typer.Exit:
     """Print `prefix: reason` once (the traceback first with `--debug`); the exit code 1.
 
-    An error of an `expected` kind (a refusal, a hold) is its message; anything else is a crash,
-    named by its type, with a pointer to `--debug`.
+    An error of an `expected` kind (a refusal, a hold) is its message, and so is a fault of the
+    host (`tasks.host_faults`: a full disk under the state folder `home`, a read-only DVC
+    remote); anything else is a crash, named by its type, with a pointer to `--debug`.
     """
+    from tasks.host_faults import host_fault
+
     if Terminal.debug:
         traceback.print_exception(error, file=sys.stderr)
-    if isinstance(error, expected):
+    if home is not None and (fault := host_fault(error, home)) is not None:
+        typer.echo(f"{prefix}: {fault}", err=True)
+    elif isinstance(error, expected):
         typer.echo(f"{prefix}: {error}", err=True)
     else:
         hint = "" if Terminal.debug else " (run `uib --debug …` for the traceback)"
@@ -88,11 +97,23 @@ def fail(
 
 
 def expected_failures() -> tuple[type[BaseException], ...]:
-    """The exceptions that end a run as designed: refused, not runnable, held for review."""
-    from flows.outcome import GatesFailed, RequestNotRunnable, RequestRefused
+    """The exceptions that end a run as designed: refused, not runnable, held for review, run
+    by another process now, a store that stayed unreachable through the retries (its message
+    names it), or a champion that cannot answer the data."""
+    from flows.outcome import ChampionUnfit, GatesFailed, RequestNotRunnable, RequestRefused
     from flows.review import ReviewRefused
+    from tasks.requests import RequestBusy
+    from tasks.retrying import StoreUnreachable
 
-    return (RequestRefused, RequestNotRunnable, GatesFailed, ReviewRefused)
+    return (
+        RequestRefused,
+        RequestNotRunnable,
+        GatesFailed,
+        ReviewRefused,
+        RequestBusy,
+        StoreUnreachable,
+        ChampionUnfit,
+    )
 
 
 def review_hint(outcome: dict) -> list[str]:

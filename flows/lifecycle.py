@@ -12,12 +12,14 @@ records the request `failed`.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -105,7 +107,8 @@ def prefect_api() -> Iterator[str]:
         return
     server = _child_server_class()()
     try:
-        server.start()
+        with _one_start_at_a_time():
+            server.start()
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
@@ -113,6 +116,32 @@ def prefect_api() -> Iterator[str]:
                 _drain_prefect_clients()
     finally:
         server.stop()
+
+
+@contextmanager
+def _one_start_at_a_time() -> Iterator[None]:
+    """Held while this process's temporary server starts, so that the servers of CLIs started
+    together do so in turn. They share Prefect's database (`PREFECT_HOME/prefect.db`), and a
+    server migrates it and registers block types as it starts: two servers migrating a new
+    database at once failed (alembic: `expected to match one row when updating …`): of five
+    CLIs started together on a new Prefect home, four exited 1 with `Timed out while attempting
+    to connect to ephemeral Prefect API server`, their requests left pending. The next server
+    finds the database up to date. Its waiting ends on SIGTERM and Ctrl-C as ever."""
+    from prefect.settings import get_current_settings
+
+    path = Path(get_current_settings().home) / "uib-server-start.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed by the `with` below
+    except OSError:  # a Prefect home this user cannot write: the server says what is wrong
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # dropped by the OS if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _drain_prefect_clients(timeout_s: float = 10.0) -> None:

@@ -24,6 +24,12 @@ class RequestNotRunnable(Exception):
     was moved by hand): nothing changed, the ledger state included."""
 
 
+class ChampionUnfit(Exception):
+    """The champion cannot be unlearned from (non-finite scores, another input shape or class
+    count than the data's): nothing changed; the request is `failed`, to be sent again once a
+    sound version is champion."""
+
+
 class AlreadyErased(Exception):
     """Approved requests erased every id the request names: it is acknowledged, approved with
     no data or model version (`tasks.erased_ids`); the ledger and the audit record hold it."""

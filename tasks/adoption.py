@@ -81,16 +81,10 @@ def _scores(model: nn.Module, x: np.ndarray, what: str) -> torch.Tensor:
         ) from None
 
 
-def check_fit(model: nn.Module, dataset: Dataset, model_uri: str) -> FitReport:
-    """Every check of the module docstring, in that order; attaches the model's spec."""
-    shape = tuple(int(d) for d in dataset.train.x.shape[1:])
-    attach_spec(
-        model,
-        ModelSpec(arch=ADOPTED, image_shape=shape, num_classes=max(dataset.num_classes, 2)),
-    )
-    set_training(model, False)
-    test = dataset.test
-    probe = test.x[:PROBE_ROWS]
+def check_answers(model: nn.Module, dataset: Dataset) -> torch.Tensor:
+    """The model takes the dataset's inputs and scores exactly its classes, finitely, on a
+    probe of test rows; its scores. Run on every champion before a request changes anything."""
+    probe = dataset.test.x[:PROBE_ROWS]
     logits = _scores(model, probe, "test")
     if logits.dim() != 2:
         raise AdoptionError(
@@ -102,6 +96,26 @@ def check_fit(model: nn.Module, dataset: Dataset, model_uri: str) -> FitReport:
             f"model: scores {logits.shape[1]} classes, the dataset has {dataset.num_classes} "
             f"({', '.join(dataset.class_names)})"
         )
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        raise AdoptionError(
+            f"model: non-finite scores for {int((~finite).sum())} of {len(probe)} test samples, "
+            f"e.g. {dataset.test.ids[: len(probe)][~finite.numpy()][:5].tolist()}"
+        )
+    return logits
+
+
+def check_fit(model: nn.Module, dataset: Dataset, model_uri: str) -> FitReport:
+    """Every check of the module docstring, in that order; attaches the model's spec."""
+    shape = tuple(int(d) for d in dataset.train.x.shape[1:])
+    attach_spec(
+        model,
+        ModelSpec(arch=ADOPTED, image_shape=shape, num_classes=max(dataset.num_classes, 2)),
+    )
+    set_training(model, False)
+    test = dataset.test
+    probe = test.x[:PROBE_ROWS]
+    logits = check_answers(model, dataset)
     alone = _scores(model, probe[:1], "test")
     if not torch.allclose(alone[0], logits[0], rtol=1e-4, atol=1e-4):
         raise AdoptionError(

@@ -57,6 +57,26 @@ from uib.scenarios import ScenarioConfig
 
 SHARD_SIZE = 256
 
+
+def holds(odb, oid: str) -> bool:
+    """Whether the object store `odb` holds `oid`: no only when it answers "not found".
+
+    DVC's own `exists` answers no to any error (fsspec's `isfile` swallows them), so a remote
+    that was unreachable or answering 500 read as empty: the erasure skipped deleting the
+    forgotten objects it could not see, found none "left", and recorded them purged while they
+    stayed on the remote; the check before it blamed the current version's objects as "not on
+    the remote". Any other error is a `StorageError`, which `tasks.retrying` retries.
+    """
+    try:
+        return odb.fs.info(odb.oid_to_path(oid))["type"] == "file"
+    except FileNotFoundError:
+        return False
+    except Exception as error:
+        raise StorageError(
+            f"the DVC remote could not be read ({type(error).__name__}: {error})"
+        ) from error
+
+
 __all__ = ["DataRepo", "DataVersion", "StorageError", "SHARD_SIZE", "FORMAT_VERSION"]
 
 
@@ -214,9 +234,10 @@ class DataRepo:
     # ----------------------------------------------------------------- objects
 
     def missing_on_remote(self, oids: Iterable[str]) -> list[str]:
+        """The objects the remote does not hold; a StorageError when it cannot be read."""
         with dvc_repo(self.root) as repo:
             remote = repo.cloud.get_remote_odb(None, "status")
-            return [oid for oid in sorted(set(oids)) if not remote.exists(oid)]
+            return [oid for oid in sorted(set(oids)) if not holds(remote, oid)]
 
     def delete_objects(self, oids: Iterable[str]) -> tuple[int, int]:
         """Delete objects by id from the local cache and the remote: (from cache, from remote).
@@ -230,10 +251,15 @@ class DataRepo:
                 if cache.exists(oid):
                     cache.delete(oid)
                     deleted_cache += 1
-                if remote.exists(oid):
-                    remote.delete(oid)
+                if holds(remote, oid):
+                    try:
+                        remote.delete(oid)
+                    except Exception as error:
+                        raise StorageError(
+                            f"the DVC remote did not delete {oid}: {error}"
+                        ) from error
                     deleted_remote += 1
-            left = [oid for oid in oids if cache.exists(oid) or remote.exists(oid)]
+            left = [oid for oid in oids if cache.exists(oid) or holds(remote, oid)]
         if left:
             raise RuntimeError(f"objects still stored after deletion: {left[:5]}")
         return deleted_cache, deleted_remote

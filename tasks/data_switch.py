@@ -16,6 +16,7 @@ from the commit and the DVC cache. Nobody has to run `dvc checkout --force` by h
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 
 from tasks.data_plumbing import DATA_DIR, StorageError, dvc_repo, git
 from tasks.faults import fault_point
+from tasks.host_faults import RemoteNotWritable, not_writable
 
 if TYPE_CHECKING:
     from tasks.data_plumbing import DataVersion
@@ -129,7 +131,12 @@ def publish(
         fault_point("versioning-switched")
         version = repo.commit_workspace(message, n_train, n_test, request_id)
     except BaseException:
-        _undo(repo, journal)
+        try:
+            _undo(repo, journal)
+        except Exception as undo_error:  # e.g. git has no room for its index on a full disk
+            logger.warning(  # the journal stays: the next run's `repair` undoes it
+                "data repository %s: the switch could not be undone yet (%s)", root, undo_error
+            )
         raise
     fault_point("versioning-committed")
     _finish(root)
@@ -143,16 +150,20 @@ def _finish(root: Path) -> None:
 
 
 def _undo(repo: DataRepo, journal: SwitchJournal) -> None:
-    """Put the version `journal` started from back: HEAD, `data.dvc`, `.gitignore`, `data/`."""
+    """Put the version `journal` started from back: HEAD, `data.dvc`, `.gitignore`, `data/`.
+
+    The new tree goes first, so that on a full disk the space it took is free before git
+    writes its index (git's reset used to fail there, leaving the switch to the next run)."""
     root = repo.root
-    (root / ".git" / "index.lock").unlink(missing_ok=True)  # a git command killed mid-way
-    git(root, "reset", "-q", "--hard", journal.head_before)
+    shutil.rmtree(root / NEXT_DIR, ignore_errors=True)
     previous = root / PREVIOUS_DIR
     if previous.exists():
         shutil.rmtree(root / DATA_DIR, ignore_errors=True)
         os.rename(previous, root / DATA_DIR)
     elif not journal.had_data:
         shutil.rmtree(root / DATA_DIR, ignore_errors=True)
+    (root / ".git" / "index.lock").unlink(missing_ok=True)  # a git command killed mid-way
+    git(root, "reset", "-q", "--hard", journal.head_before)
     _finish(root)
 
 
@@ -201,9 +212,23 @@ def workspace_changes(repo: DataRepo) -> dict:
 
 
 def push_objects(root: Path) -> None:
-    """`dvc push`; a failure is a StorageError, and nothing is committed."""
+    """`dvc push`; a failure is a StorageError, and nothing is committed.
+
+    A remote this user may not write is `RemoteNotWritable` instead, naming the remote: another
+    try cannot help (it used to be a StorageError, retried three times over ~14 s)."""
+    url = "(unknown)"
     try:
         with dvc_repo(root) as repo:
+            url = repo.config["remote"][repo.config["core"]["remote"]]["url"]
             repo.push()
     except Exception as exc:
+        denied = not_writable(exc)
+        where = getattr(denied, "filename", None)
+        local = "://" not in url
+        if denied is not None and (not local or Path(str(where or url)).is_relative_to(url)):
+            who = f"by user {getpass.getuser()}" if local else "with these credentials"
+            raise RemoteNotWritable(
+                f"the DVC remote {url} is not writable {who} ({denied}); nothing committed: "
+                "make it writable and send the request again"
+            ) from exc
         raise StorageError(f"dvc push to the remote failed, nothing committed: {exc}") from exc

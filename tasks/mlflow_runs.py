@@ -16,8 +16,15 @@ from tasks.settings import Settings
 CLOSED_BY = "uib.closed_by"
 
 
-def close_orphaned_runs(settings: Settings, request_id: str) -> list[str]:
-    """Mark the request's runs left `RUNNING` as `KILLED`; their ids. Call with its lock held."""
+def close_orphaned_runs(
+    settings: Settings, request_id: str, why: str = "", status: str = "KILLED"
+) -> list[str]:
+    """Mark the request's runs left `RUNNING` as `status`; their ids. Call with its lock held.
+
+    `why` is the `uib.closed_by` tag: by default, the next run of the request found them (the
+    process that opened them died). A try of `register-candidate` that failed while MLflow
+    itself failed leaves its run `RUNNING` too (ending it is one more request MLflow did not
+    answer); the next try closes it `FAILED`, saying so."""
     client: MlflowClient = client_for(settings)
     experiment = client.get_experiment_by_name(settings.experiment)
     if experiment is None:
@@ -30,6 +37,8 @@ def close_orphaned_runs(settings: Settings, request_id: str) -> list[str]:
         for run in client.search_runs([experiment.experiment_id], query):
             found[run.info.run_id] = run
     for run_id in found:
-        client.set_tag(run_id, CLOSED_BY, f"the next run of request {request_id}: its own died")
-        client.set_terminated(run_id, status="KILLED")
+        client.set_tag(
+            run_id, CLOSED_BY, why or f"the next run of request {request_id}: its own died"
+        )
+        client.set_terminated(run_id, status=status)
     return sorted(found)

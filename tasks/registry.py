@@ -374,6 +374,15 @@ def register_candidate(
         # a retry of this task after the version was registered: take it back, not a second
         version, run = str(existing.version), client.get_run(existing.run_id)
     else:
+        from tasks.mlflow_runs import close_orphaned_runs  # it imports this module
+
+        close_orphaned_runs(
+            settings,
+            request.request_id,
+            why="the next try of register-candidate: this one failed and MLflow did not "
+            "answer when it was ended",
+            status="FAILED",
+        )
         with mlflow.start_run(run_name=request.request_id) as run:
             log_request_run(request, report, gates, validation, figures)
             log_request_datasets(datasets)

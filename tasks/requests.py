@@ -191,8 +191,13 @@ class RequestLedger(RequestLocks):
         return db
 
     def submit(self, request: DeletionRequest) -> tuple[RequestRecord, bool]:
-        """(record, created): `created` is False when the id was already in the ledger."""
+        """(record, created): `created` is False when the id was already in the ledger.
+
+        The look-up and the insert are one write transaction: two senders of one id at once
+        used to both miss it, and the second insert failed with SQLite's IntegrityError
+        instead of being acknowledged (same content) or refused by name (other content)."""
         with closing(self._connect()) as db, db:
+            db.execute("BEGIN IMMEDIATE")  # sqlite3 would begin only at the INSERT
             row = db.execute(
                 "SELECT * FROM requests WHERE request_id = ?", (request.request_id,)
             ).fetchone()

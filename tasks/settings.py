@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         description="`unlearn-step/<name>`: run the unlearning step as that deployment "
         "(a GPU work pool sharing <home>); default: in the flow's process",
     )
+    retry_backoff_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="the network steps' first retry comes this long after a transient fault, "
+        "each next one twice as long (`tasks.retrying`, which reads it when the pipeline loads)",
+    )
     schedule_cron: str = Field("0 2 * * *", description="when `unlearn-scheduled` runs")
     schedule_timezone: str = "UTC"
 

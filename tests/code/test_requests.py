@@ -1,6 +1,8 @@
 """Deletion requests are checked at the boundary, and the ledger processes an id once."""
 
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -173,3 +175,45 @@ def test_validation_results_name_ids_by_salted_hash_or_count():
     ]
     assert redacted["observed"]["examples"] == [hash_id("x-2", SALT), 3]
     assert "x-1" not in str(redacted) and "x-2" not in str(redacted)
+
+
+def test_one_request_id_recorded_by_many_senders_at_once_is_recorded_once(tmp_path):
+    """The ledger's look-up and insert of a new request id are one transaction.
+
+    Four senders of one id at a barrier, two with one content and two with another: the
+    first insert wins; a sender of the same content is acknowledged, one of other content is
+    refused by name. SQLite's locks are per connection, so a thread with a connection of its
+    own meets them as a process does, without each paying the CLI's imports. Before the fix
+    (`RequestLedger.submit` looked the id up outside its write transaction) a quarter to a
+    half of the sends failed with `sqlite3.IntegrityError` (UNIQUE constraint), and the CLI
+    exited 1 on it instead of answering the duplicate (0) or the reused id (2).
+    """
+    contents = {"x": ["digits-train-00040"], "y": ["digits-train-00052"]}
+    for trial in range(20):
+        path = tmp_path / f"ledger-{trial}" / "requests.db"
+        RequestLedger(path)
+        barrier, answers = threading.Barrier(4), {}
+
+        def send(name: str, content: str, path: Path = path, barrier=barrier, answers=answers):
+            ledger = RequestLedger(path)
+            request = DeletionRequest(request_id="c", sample_ids=contents[content])
+            barrier.wait()
+            try:
+                answers[name] = "created" if ledger.submit(request)[1] else "acknowledged"
+            except ValueError as error:
+                answers[name] = "refused" if "with other content" in str(error) else repr(error)
+            except Exception as error:
+                answers[name] = repr(error)
+
+        senders = {"x1": "x", "x2": "x", "y1": "y", "y2": "y"}
+        threads = [threading.Thread(target=send, args=item) for item in senders.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        [stored] = RequestLedger(path).list()
+        won = next(k for k, v in contents.items() if v == stored.request.sample_ids)
+        expected = {n: "acknowledged" if c == won else "refused" for n, c in senders.items()}
+        [creator] = [n for n, a in answers.items() if a == "created"]
+        assert answers == {**expected, creator: "created"}, f"trial {trial}: {answers}"
+        assert senders[creator] == won

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# the erasure scan, and SIGKILL at the task boundaries: collected here to run on this module's
-# one trained original
+# the erasure scan, SIGKILL at the task boundaries and senders at once: collected here to run
+# on this module's one trained original
+from concurrent_senders import (  # noqa: F401
+    test_overlapping_and_repeated_requests_sent_at_once_apply_once_each_in_turn,
+)
 from erasure_scan import test_after_approval_no_store_holds_a_forgotten_id_or_image  # noqa: F401
 from fault_scenarios import (  # noqa: F401
     test_a_failing_dvc_remote_is_retried_then_fails_leaving_the_version_as_it_was,
@@ -242,6 +245,75 @@ def stored_state(settings: Settings) -> dict:
         "champion": champion_version(settings),
         "ledger": [r.model_dump(mode="json") for r in RequestLedger(settings.ledger_path).list()],
     }
+
+
+def poisoned(model, fault: str):
+    """A copy of `model` whose weights are NaN, or whose last layer scores 3 classes."""
+    import copy
+
+    import torch
+
+    bad = copy.deepcopy(model)
+    if fault == "nan":
+        with torch.no_grad():
+            for parameter in bad.parameters():
+                parameter.fill_(float("nan"))
+    else:
+        name, last = [(n, m) for n, m in bad.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+        parent, _, attribute = name.rpartition(".")
+        setattr(bad.get_submodule(parent), attribute, torch.nn.Linear(last.in_features, 3))
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ("nan", "non-finite scores for 8 of 8"),
+        ("wrong-shape", "scores 3 classes, the dataset has 10"),
+    ],
+)
+def test_a_champion_that_cannot_answer_fails_the_request_naming_it_and_changes_nothing(
+    home, original, monkeypatch, fault, named
+):
+    """A NaN-poisoned or wrong-shaped model made champion the pipeline's own way (logged,
+    registered with the champion's tags, promoted): a request is failed before anything is
+    versioned, naming the version and what is wrong; sent again once a sound version is
+    champion, it runs (checked once)."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.registry import client_for, log_model, promote
+
+    client = client_for(home)
+    sound = client.get_model_version(home.model_name, "1")
+    repo = DataRepo(home.data_repo)
+    with mlflow.start_run(run_name=f"{fault}-champion"):
+        x = load_dataset("digits").test.x
+        bad = log_model(poisoned(original, fault), home, x, dict(sound.tags))
+    promote(client, home, str(bad.version))
+    before = stored_state(home)
+    data_before = repo.current()
+    monkeypatch.setenv("UIB_HOME", str(home.home))
+    args = ["request", "delete", "--where", "source=faulty", "--request-id", "r", "--run-here"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"the champion, version {bad.version}, cannot be unlearned from" in result.output
+    assert named in result.output and "Traceback" not in result.output
+    assert "--debug" not in result.output  # one line, not a crash
+    record = RequestLedger(home.ledger_path).get("r")
+    assert record.state == RequestState.FAILED and named in record.message
+    after = stored_state(home)
+    assert {k: after[k] for k in ("data", "versions", "champion")} == {
+        k: before[k] for k in ("data", "versions", "champion")
+    }
+    assert repo.current() == data_before
+    if fault == "wrong-shape":
+        return  # the re-send, once: it is the same for both
+    promote(client, home, "1")
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert RequestLedger(home.ledger_path).get("r").state == RequestState.APPROVED
 
 
 def test_cli_request_exits_non_zero_with_the_reason_and_lists_the_request(trained, monkeypatch):
