@@ -17,10 +17,12 @@ from flows.cli_output import (
     expected_failures,
     fail,
     held_lines,
+    invalid,
     outcome_lines,
     outcome_reply,
     progress,
 )
+from flows.cli_submit import check_request, submit_by_event
 from flows.lifecycle import handle_termination, prefect_api
 from tasks.quiet import quiet_prefect
 
@@ -49,18 +51,6 @@ request_app = typer.Typer(help="Submit and review data-deletion requests.", no_a
 app.add_typer(request_app, name="request")
 
 
-def invalid(what: str, error: Exception) -> typer.Exit:
-    """Echo a validation error as `field: problem` lines; the exit code for bad input."""
-    import pydantic
-
-    if isinstance(error, pydantic.ValidationError):
-        lines = [f"  {'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in error.errors()]
-        typer.echo(f"error: invalid {what}:\n" + "\n".join(lines), err=True)
-    else:
-        typer.echo(f"error: invalid {what}: {error}", err=True)
-    return typer.Exit(2)
-
-
 def load_settings():
     import pydantic
 
@@ -87,7 +77,7 @@ def train() -> None:
         with clean_failures(Terminal.debug), prefect_api():
             result = train_flow(settings.overrides())
     except Exception as error:
-        raise fail("error: training failed", error) from error
+        raise fail("error: training failed", error, home=settings.home) from error
     how = "trained and registered" if result["trained"] else "already registered"
     typer.echo(f"champion: version {result['model_version']} ({how})")
 
@@ -197,85 +187,6 @@ def request_delete(
     typer.echo(json.dumps(outcome_reply(outcome)))
 
 
-def check_request(request, settings):
-    """What both modes check before anything is recorded or run: (the ledger's record of the
-    request, if any; {id: who erased it} when approved requests erased every id it names).
-    Exit 2 naming the field when the request cannot apply as written (unknown ids or
-    attributes, a predicate matching nothing, a reused id with other content), 1 when there is
-    no data version to apply it to."""
-    from tasks.data_versioning import DataRepo
-    from tasks.erased_ids import ErasedIds
-    from tasks.intake import Intake, RequestInvalid
-    from tasks.requests import RequestLedger
-
-    if not (settings.data_repo / ".dvc").is_dir():
-        typer.echo("error: no data version yet: run `uib train` first", err=True)
-        raise typer.Exit(1)
-    ledger = (
-        RequestLedger(settings.ledger_path, salt=settings.salt)
-        if settings.ledger_path.exists()
-        else None
-    )
-    intake = Intake(DataRepo(settings.data_repo), ledger, ErasedIds.of(settings, ledger))
-    try:
-        return intake.check(request), intake.already_erased(request)
-    except RequestInvalid as error:
-        raise invalid("request", error) from error
-
-
-def submit_by_event(request, settings, existing, erased=None) -> dict:
-    """After `check_request`: the ledger, then the event, which names the request by reference
-    (of any size); exit 1 when the event is not delivered. A request every id of which
-    approved requests erased (`erased`) is approved here instead, with no event."""
-    from tasks.erased_ids import acknowledge_open
-    from tasks.events import emit_deletion_request
-    from tasks.requests import RequestLedger, RequestState
-
-    settled = (
-        RequestState.APPROVED,
-        RequestState.RUNNING,
-        RequestState.HELD,
-        RequestState.WITHDRAWN,
-    )  # held: reviewed with `uib request …`, not sent again
-    ledger = RequestLedger(settings.ledger_path, salt=settings.salt)
-    orphaned = existing is not None and ledger.owner_gone(existing)  # its run was killed
-    if existing is not None and not orphaned and (existing.state in settled or existing.reviews):
-        return {
-            "request_id": request.request_id,
-            "state": existing.state.value,
-            "event_id": None,
-            "duplicate": True,
-        }
-    try:
-        record, _ = ledger.submit(request)
-    except ValueError as error:  # sent with other content since `check_request`
-        raise invalid("request", error) from error
-    if erased and (done := acknowledge_open(request, settings, ledger, erased)):
-        typer.echo(done.message, err=True)
-        reply = {"request_id": request.request_id, "state": "approved", "event_id": None}
-        return {**reply, "duplicate": False, "already_erased_by": done.already_erased_by}
-    rerun = record.state in (RequestState.REJECTED, RequestState.FAILED) or bool(orphaned)
-    if rerun:
-        why = f"submitted again: {orphaned}" if orphaned else "submitted again"
-        record = ledger.update(request.request_id, RequestState.PENDING, why)
-    try:
-        attempt = record.updated_at.isoformat() if rerun else ""
-        event = emit_deletion_request(request, attempt, by_reference=True)
-    except Exception as error:
-        typer.echo(
-            f"error: the event for request {request.request_id} was not delivered "
-            f"({error}); it stays pending in the ledger",
-            err=True,
-        )
-        raise typer.Exit(1) from error
-    return {
-        "request_id": request.request_id,
-        "state": record.state.value,
-        "event_id": str(event),
-        "duplicate": False,
-    }
-
-
 BY = typer.Option(..., "--by", help="who decides (recorded in the ledger, tags and audit)")
 REASON = typer.Option(..., "--reason", help="why (recorded with the name)")
 REQUEST_ID = typer.Argument(..., help="the request id, as `uib requests` lists it")
@@ -343,7 +254,9 @@ def review_command(
     except ReviewRefused as error:
         raise fail("error", error, (ReviewRefused,)) from error
     except Exception as error:  # a retry's run: refused, held again, or crashed
-        raise fail(f"request {request_id} not approved", error, expected_failures()) from error
+        raise fail(
+            f"request {request_id} not approved", error, expected_failures(), settings.home
+        ) from error
     typer.echo(result.model_dump_json())
 
 
@@ -411,7 +324,9 @@ def demo() -> None:
         with clean_failures(Terminal.debug), prefect_api():
             result = run_demo(settings, progress)
     except Exception as error:
-        raise fail("demo request not approved", error, expected_failures()) from error
+        raise fail(
+            "demo request not approved", error, expected_failures(), settings.home
+        ) from error
     typer.echo(summary(settings, result))
 
 

@@ -39,7 +39,8 @@ def adopt(
     registers the model as version 1 with alias champion, and keeps the recipe for retrain.
     Exit codes: 0 adopted (or already), 2 bad input (nothing stored), 1 failed.
     """
-    from flows.cli import invalid, load_settings
+    from flows.cli import load_settings
+    from flows.cli_output import invalid
 
     quiet_prefect()
     settings = load_settings()

@@ -70,6 +70,18 @@ def clean_failures(debug: bool) -> Iterator[None]:
             handler.removeFilter(hide)
 
 
+def invalid(what: str, error: Exception) -> typer.Exit:
+    """Echo a validation error as `field: problem` lines; the exit code for bad input."""
+    import pydantic
+
+    if isinstance(error, pydantic.ValidationError):
+        lines = [f"  {'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in error.errors()]
+        typer.echo(f"error: invalid {what}:\n" + "\n".join(lines), err=True)
+    else:
+        typer.echo(f"error: invalid {what}: {error}", err=True)
+    return typer.Exit(2)
+
+
 def fail(
     prefix: str,
     error: BaseException,

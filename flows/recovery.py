@@ -8,7 +8,7 @@ data version. Nothing here waits for a person.
   owner is gone (`RequestLedger.owner_gone`) is run again, by itself, before any new batch.
   The stages are idempotent per request (the data commit carries the request id, each model
   version its attempt hash, the erasure skips what is gone), so the rerun finishes it once.
-* The CLI sends such a request again (`flows.cli.submit_by_event`), as it does a failed one.
+* The CLI sends such a request again (`flows.cli_submit.submit_by_event`), as it does a failed one.
 """
 
 from __future__ import annotations
