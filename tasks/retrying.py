@@ -13,9 +13,9 @@ DVC remote), `unreachable_store` names it in one line and the flow raises `Store
 
 from __future__ import annotations
 
-import math
 import os
 import re
+from typing import Annotated
 
 from prefect.tasks import exponential_backoff
 
@@ -27,19 +27,24 @@ BACKOFF_ENV = "UIB_RETRY_BACKOFF_S"
 
 
 def backoff_factor_s(environ=os.environ) -> float:
-    """The first retry's delay (then doubled): `UIB_RETRY_BACKOFF_S`, 2 s by default.
+    """The first retry's delay (then doubled): `UIB_RETRY_BACKOFF_S`, its default and bounds
+    those of `Settings.retry_backoff_s` (the one home of the setting, which also makes the CLI
+    refuse a bad value by name, exit 2, before anything loads this).
 
-    Read from the environment when this module loads (a task's retries are fixed when it is
-    defined); `Settings.retry_backoff_s` is the same variable, so the CLI refuses a bad value
-    by name (exit 2) before anything loads this."""
-    raw = environ.get(BACKOFF_ENV, "2")
+    Read from the environment when this module loads: a task's retries are fixed when it is
+    defined."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from tasks.settings import Settings
+
+    field = Settings.model_fields["retry_backoff_s"]
+    raw = environ.get(BACKOFF_ENV)
+    if raw is None:
+        return field.default
     try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 600:
-        raise ValueError(f"{BACKOFF_ENV}: expected seconds from 0 to 600, got {raw!r}")
-    return value
+        return TypeAdapter(Annotated[float, *field.metadata]).validate_python(raw)
+    except ValidationError as error:
+        raise ValueError(f"{BACKOFF_ENV}: {error.errors()[0]['msg']}, got {raw!r}") from None
 
 
 BACKOFF_FACTOR_S = backoff_factor_s()
