@@ -11,6 +11,7 @@ from torch import nn
 
 from tasks.gate_report import GateReport
 from tasks.gates import Evidence, apply_gates
+from tasks.neighbours import neighbour_labels
 from tasks.settings import GateConfig
 from uib.metrics import evaluate, per_sample_loss
 from uib.samples import Samples
@@ -37,7 +38,8 @@ def gather_evidence(
     removes_class: bool | None = None,
     sanity_n: int | None = None,
 ) -> Evidence:
-    """Per-row correctness before and after, the candidate's losses and forget predictions.
+    """Per-row correctness before and after, the candidate's losses and forget predictions,
+    and the label the retained rows nearest each forgotten one carry.
 
     `removes_class` (every training sample of some class is forgotten) is read off the data
     when not given: a class of the test set with no row left in the retain set (not from the
@@ -65,6 +67,7 @@ def gather_evidence(
         removes_class=removes_class,
         bias_probe_n=bias_probe_n,
         sanity_n=sanity_n,
+        forget_neighbour_y=neighbour_labels(retain.x, retain.y, forget.x),
     )
 
 

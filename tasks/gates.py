@@ -42,7 +42,8 @@ class Evidence:
 
     Correctness vectors are booleans per row, before (original) and after (candidate); losses
     are the candidate's per-sample cross-entropy against each row's label; `forget_pred` is the
-    candidate's predicted class of each forgotten sample.
+    candidate's predicted class of each forgotten sample; `forget_neighbour_y` the majority label
+    of its nearest retained rows (`tasks.neighbours`), None where not gathered.
     """
 
     forget_y: np.ndarray
@@ -55,6 +56,7 @@ class Evidence:
     removes_class: bool = False
     bias_probe_n: int | None = None
     sanity_n: int | None = None
+    forget_neighbour_y: np.ndarray | None = None
 
     @property
     def n_forget(self) -> int:
@@ -333,23 +335,28 @@ def _bias_asr(g: GateInput) -> GateResult | None:
 
 @gate("no_redirect", reads_forget=True)
 def _no_redirect(g: GateInput) -> GateResult | None:
-    """A forgotten slice must not collapse onto one other class.
+    """A forgotten slice must not collapse onto one class its inputs do not support.
 
     The share of forgotten samples predicted as class j, over classes j other than each
-    sample's label; the largest one is bounded below (Bonferroni over the classes that could
-    reach the ceiling together). Not applicable when the request removes a whole class: its
-    images must then go somewhere.
+    sample's label and other than the label of its nearest retained rows (a wrongly labelled
+    slice read as what it looks like is forgotten, not moved: `tasks.neighbours`); the largest
+    one is bounded below (Bonferroni over the classes that could reach the ceiling together).
+    Not applicable when the request removes a whole class: its images must then go somewhere.
     """
     e = g.evidence
     if e is None or e.removes_class or e.n_forget == 0:
         return None
     ceiling = g.config.max_redirect_share
-    wrong = e.forget_pred[e.forget_pred != e.forget_y]
+    moved = e.forget_pred != e.forget_y
+    if e.forget_neighbour_y is not None:
+        moved &= e.forget_pred != e.forget_neighbour_y
+    wrong = e.forget_pred[moved]
     counts = np.bincount(wrong.astype(int)) if len(wrong) else np.zeros(1, int)
     top = int(np.argmax(counts))
     share = float(counts[top]) / e.n_forget
     together = max(1, math.ceil(1 / ceiling))
     where = f" (class {top})" if counts[top] else ""
+    besides = "" if e.forget_neighbour_y is None else " and other than their nearest retained rows'"
     return bounded_proportion(
         "no_redirect",
         share,
@@ -357,7 +364,7 @@ def _no_redirect(g: GateInput) -> GateResult | None:
         ceiling,
         f"redirect share ≤ {ceiling:g}",
         f"largest share of the {e.n_forget} forgotten samples predicted as one class other than "
-        f"their label{where} (one-sided lower bound)",
+        f"their label{besides}{where} (one-sided lower bound)",
         g.alpha / together,
         fails_above=True,
         judged_by="test_accuracy_retained and retain_accuracy_retained (so few samples cannot "

@@ -53,7 +53,8 @@ class GateConfig(BaseModel):
         gt=0.0,
         le=1.0,
         description="no_redirect: the largest share of forgotten samples predicted as one class "
-        "other than their label stays ≤ this (fails when its lower bound exceeds it)",
+        "other than their label and their nearest retained rows' label stays ≤ this (fails "
+        "when its lower bound exceeds it)",
     )
 
 

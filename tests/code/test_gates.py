@@ -98,6 +98,7 @@ def evidence(
     forget_pred=None,
     forget_loss=None,
     removes_class=False,
+    forget_neighbour_y=None,
     n_test=200,
     n_retain=1000,
 ) -> Evidence:
@@ -117,6 +118,7 @@ def evidence(
         retain_correct=(correct(n_retain, before.RA), correct(n_retain, after.RA)),
         removes_class=removes_class,
         sanity_n=n_test,
+        forget_neighbour_y=forget_neighbour_y,
     )
 
 
@@ -227,6 +229,27 @@ def test_no_redirect_passes_a_spread_slice_and_a_correct_one_and_skips_class_rem
     assert tiny.value == 1.0 and tiny.passed and not tiny.decidable
     whole_class = gated(metrics(forget_acc=0.0), 100, removes_class=True)[1]
     assert "no_redirect" not in whole_class
+
+
+def test_a_wrongly_labelled_slice_read_as_what_its_neighbours_are_is_not_a_redirect():
+    """Part of a faulty source (patched 6s labelled 0): read as 6 again, as retrain reads them.
+    The same collapse onto a class their neighbours do not carry still fails."""
+    labels, sixes = np.zeros(40, int), np.full(40, 6)
+    read_back = gated(
+        metrics(forget_acc=0.0), 40, forget_y=labels, forget_pred=sixes, forget_neighbour_y=sixes
+    )[1]["no_redirect"]
+    assert read_back.passed and read_back.value == 0.0
+    assert "nearest retained rows" in read_back.statistic
+    moved = gated(
+        metrics(forget_acc=0.0),
+        40,
+        forget_y=labels,
+        forget_pred=np.full(40, 4),
+        forget_neighbour_y=sixes,
+    )[1]["no_redirect"]
+    assert not moved.passed and moved.value == 1.0 and "class 4" in moved.statistic
+    unsupported = gated(metrics(forget_acc=0.0), 40, forget_y=labels, forget_pred=sixes)[1]
+    assert not unsupported["no_redirect"].passed  # without neighbours: the label alone
 
 
 def test_retained_gates_decide_on_the_point_value_and_report_a_paired_interval():
