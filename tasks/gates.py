@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.gate_report import GateReport, GateResult
-from tasks.gate_stats import cp_lower, cp_two_sided, cp_upper, loss_rank_test, paired_difference
+from tasks.gate_stats import cp_two_sided, loss_rank_test
+from tasks.gate_verdicts import (
+    at_least,
+    at_most,
+    bounded_proportion,
+    not_decidable,
+    retained_gate,
+)
 from tasks.settings import GateConfig
 from uib.metrics import Metrics
 
@@ -117,91 +124,7 @@ def not_measured(name: str, check: Gate, g: GateInput) -> GateResult | None:
     )
 
 
-def at_least(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
-    passed = math.isfinite(value) and value >= threshold
-    return GateResult(
-        name=name, value=value, threshold=threshold, passed=passed, rule=rule, **details
-    )
-
-
-def at_most(name: str, value: float, threshold: float, rule: str, **details) -> GateResult:
-    passed = math.isfinite(value) and value <= threshold
-    return GateResult(
-        name=name, value=value, threshold=threshold, passed=passed, rule=rule, **details
-    )
-
-
 # --- the gates --------------------------------------------------------------------------------
-
-
-def not_decidable(n: int, judged_by: str) -> str:
-    return f"not decidable at this size (n = {n}); judged by {judged_by}"
-
-
-def retained_gate(
-    name: str,
-    metric: str,
-    after: float,
-    before: float,
-    drop_pp: float,
-    rows: str,
-    correct: tuple[np.ndarray, np.ndarray] | None,
-    alpha: float,
-) -> GateResult:
-    rule = f"{metric} ≥ {metric}_original − {drop_pp:g} pp"
-    threshold = before - drop_pp / 100
-    if correct is None:
-        return at_least(name, after, threshold, rule, statistic=f"{metric}: accuracy on the {rows}")
-    n = len(correct[0])
-    diff, (low, high), discordant = paired_difference(*correct, alpha)
-    statistic = (
-        f"{metric}: accuracy on the {n} {rows}; after − before {diff:+.4f}, paired "
-        f"interval [{low:+.4f}, {high:+.4f}] from {discordant} discordant rows"
-    )
-    interval = (before + low, before + high) if math.isfinite(low) else None
-    return at_least(name, after, threshold, rule, statistic=statistic, n=n, interval=interval)
-
-
-def bounded_proportion(
-    name: str,
-    value: float,
-    n: int | None,
-    threshold: float,
-    rule: str,
-    statistic: str,
-    alpha: float,
-    fails_above: bool,
-    judged_by: str,
-) -> GateResult:
-    """A proportion over the forget set, decided by its one-sided Clopper–Pearson bound.
-
-    `fails_above`: the gate fails when the lower bound exceeds the threshold; otherwise when
-    the upper bound is below it. Not decidable when all n rows on the wrong side could not fail.
-    """
-    if n is None or n == 0 or not math.isfinite(value):
-        check = at_most if fails_above else at_least
-        return check(name, value, threshold, rule, statistic=statistic, n=n)
-    k = int(round(value * n))
-    if fails_above:
-        bound, extreme = cp_lower(k, n, alpha), cp_lower(n, n, alpha)
-        interval = (bound, 1.0)
-        passed, decidable = bound <= threshold, extreme > threshold
-    else:
-        bound, extreme = cp_upper(k, n, alpha), cp_upper(0, n, alpha)
-        interval = (0.0, bound)
-        passed, decidable = bound >= threshold, extreme < threshold
-    return GateResult(
-        name=name,
-        value=value,
-        threshold=threshold,
-        passed=passed,
-        rule=rule,
-        statistic=statistic,
-        n=n,
-        interval=interval,
-        decidable=decidable,
-        judged_by=None if decidable else not_decidable(n, judged_by),
-    )
 
 
 @gate("test_accuracy_retained")
