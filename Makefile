@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/uib demo
 
-# Two workers, one module to a worker (module-scoped servers and trained models stay shared).
+# Two workers, one module to a worker (module-scoped servers and trained models stay shared),
+# the longest modules first, in the order tests/conftest.py gives (LONG_MODULES).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check uib tasks flows tests

@@ -29,3 +29,38 @@ def digits():
     from uib.data import load_dataset
 
     return load_dataset("digits")
+
+
+# Rough seconds each long module takes on one worker (measured; the rest take a few seconds).
+# `make test` gives pytest-xdist the modules in this order, longest first
+# (`--dist loadfile --no-loadscope-reorder`): a long module started last would keep one worker
+# busy long after the other ran out of work.
+LONG_MODULES = {
+    "integration/test_pipeline.py": 530,
+    "integration/test_adopt.py": 340,
+    "integration/test_readme.py": 330,
+    "integration/test_production_stack.py": 240,
+    "integration/test_review.py": 225,
+    "integration/test_store_outages.py": 185,
+    "integration/test_hostile_host.py": 155,
+    "integration/test_scheduled.py": 105,
+    "integration/test_serve_reconnects.py": 75,
+    "code/test_benchmark.py": 65,
+    "model/test_small_requests.py": 60,
+    "integration/test_cluster_block.py": 55,
+    "model/test_partial_slice.py": 55,
+    "model/test_unlearning.py": 30,
+    "integration/test_data_switch.py": 20,
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Longest module first; each module's tests keep their order (a stable sort)."""
+
+    def weight(item) -> int:
+        path = Path(str(item.path)).resolve()
+        if not path.is_relative_to(REPO / "tests"):
+            return 0
+        return -LONG_MODULES.get(path.relative_to(REPO / "tests").as_posix(), 0)
+
+    items.sort(key=weight)

@@ -48,16 +48,44 @@ def prefect_harness():
             yield
 
 
+@pytest.fixture(scope="session")
+def trained_on_this_worker() -> dict:
+    """The original the first real training on this pytest-xdist worker produced (the
+    `trained` fixture of the first module that needs one): later modules register a copy of
+    it instead of training the same model on the same data again."""
+    return {}
+
+
+def registering(patch: pytest.MonkeyPatch, model) -> None:
+    """The `train` flow registers a copy of `model` instead of training (`home`, `trained`)."""
+    import flows.train
+    from uib.train import TrainHistory
+
+    patch.setattr(
+        flows.train,
+        "train_original",
+        lambda scenario, settings: (copy.deepcopy(model), TrainHistory()),
+    )
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Settings:
-    """A state folder where the real `train` flow versioned the data and registered v1."""
+def trained(tmp_path_factory, trained_on_this_worker) -> Settings:
+    """A state folder where the real `train` flow versioned the data and registered v1.
+
+    The first module on a worker trains the original for real (and checks it); the others'
+    `train` flow registers a copy of that model, as `home` does."""
     from flows.train import train_flow
     from tasks.data_versioning import DataRepo
+    from tasks.registry import load_version
 
     settings = Settings(home=tmp_path_factory.mktemp("trained") / "uib")
-    result = train_flow(settings.overrides())
+    with pytest.MonkeyPatch.context() as patch:
+        if "original" in trained_on_this_worker:
+            registering(patch, trained_on_this_worker["original"])
+        result = train_flow(settings.overrides())
     assert result == {"model_version": "1", "trained": True}
     assert DataRepo(settings.data_repo).current().dvc_md5 == shipped_md5()
+    trained_on_this_worker.setdefault("original", load_version(settings, "1"))
     return settings
 
 
@@ -76,15 +104,9 @@ def shipped_md5() -> str:
 @pytest.fixture
 def home(tmp_path, monkeypatch, original) -> Settings:
     """A fresh state folder: data versioned, the original registered as champion v1."""
-    import flows.train
     from flows.train import train_flow
-    from uib.train import TrainHistory
 
-    monkeypatch.setattr(
-        flows.train,
-        "train_original",
-        lambda scenario, settings: (copy.deepcopy(original), TrainHistory()),
-    )
+    registering(monkeypatch, original)
     settings = Settings(home=tmp_path / "uib")
     assert train_flow(settings.overrides()) == {"model_version": "1", "trained": True}
     return settings

@@ -1,9 +1,10 @@
 """End to end: the train and unlearn flows against real Prefect, MLflow, DVC and GX.
 
-The original is trained once for the module by the real `train` flow (`trained`, in
-conftest.py), in a state folder that the tests of refused requests share (a refusal changes
-nothing but the ledger). Every test that changes state gets a folder of its own (`home`), whose
-`train` flow registers a copy of that model instead of training again.
+The module's state folder (`trained`, in conftest.py) is made by the real `train` flow, which
+trains the original unless an earlier module on this pytest-xdist worker already did; the tests
+of refused requests share it (a refusal changes nothing but the ledger). Every test that changes
+state gets a folder of its own (`home`), whose `train` flow registers a copy of that model
+instead of training again.
 """
 
 import json
