@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from uib.device import autocast
 from uib.methods.base import UnlearnContext, register
 from uib.methods.common import OPTIMIZERS, kl_to_teacher, saliency_mask
+from uib.methods.forget_hold import ForgetHold
 from uib.methods.if_step import (
     CurvatureConfig,
     ForgetScore,
@@ -67,6 +68,12 @@ class UIBConfig(CurvatureConfig):
         "statistics, dropout off); train: BatchNorm re-estimates them from retain batches, which "
         "on a ResNet-18 cost 17 pp of test accuracy (docs/METHOD.md)",
     )
+    forget_hold: float = Field(
+        10.0,
+        ge=0,
+        description="weight of the hold on the forget set's mean confidence in its labels during "
+        "the passes: it stays where the IF step put it (see ForgetHold); 0 turns it off",
+    )
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
 
@@ -111,8 +118,10 @@ def optimise(
     variant: Variant,
     mask: dict[str, torch.Tensor] | None,
     stop: Callable[[nn.Module, float], bool] | None,
+    hold: ForgetHold | None = None,
 ) -> None:
-    """Up to T passes over S_r of CE(m + σε) + (β / n_r) Σ KL(q ‖ p) + R, with Adam on m.
+    """Up to T passes over S_r of CE(m + σε) + (β / n_r) Σ KL(q ‖ p) + H + R, with Adam on m;
+    H is the `ForgetHold` on a forget batch drawn beside each retain batch.
 
     `stop(model, retain_acc)`, asked before the first pass and after each, ends the passes
     early: they exist to win back the retained accuracy the step cost, and every further pass
@@ -157,6 +166,10 @@ def optimise(
                 out_r = model(xs[idx])
                 terms = {"retain_ce": F.cross_entropy(out_r.float(), ys[idx])}
                 correct += (out_r.argmax(1) == ys[idx]).sum()
+                if hold is not None:
+                    terms["forget_hold"] = hold.term(
+                        model, ctx.forget_x[fidx], ctx.forget_y[fidx], fidx
+                    )
                 if r_term is not None:
                     terms.update(
                         r_term(model, xs[idx], out_r, ctx.forget_x[fidx], ctx.forget_y[fidx])
@@ -255,6 +268,7 @@ def run_uib(
                 variant,
                 mask,
                 stop,
+                ForgetHold.after_step(model, ctx, config.forget_hold),
             )
     with torch.no_grad():
         params = {k: p for k, p in model.named_parameters() if k in prior}
