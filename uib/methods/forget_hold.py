@@ -1,15 +1,21 @@
-"""The hold on the forget set during UIB's passes: the step decides how much is forgotten, the
-passes win back what it cost everything else.
+"""The hold on the forget set during UIB's passes (`forget_hold`, off by default): the step
+decides how much is forgotten, the passes only win back what it cost everything else.
 
 The passes train on retained rows to repair what the IF step damaged. Without a hold they also
 repair the forgotten slice wherever it is read through features the retained data shares.
 Measured on MNIST / fog (seed 1), the step alone left the fogged forget rows at retrain's
 accuracy (UA 0.49 against retrain's 0.53) at a cost of 13 pp of test accuracy; eight passes
-restored the test accuracy *and* the fog (UA 0.24, avg_gap 12.2 pp).
+restored the test accuracy *and* the fog (UA 0.24, avg_gap 12.2 pp). Held, they restore the
+first and not the second (UA 0.50, avg_gap 2.7 pp; seeds 1–3: mean avg_gap 17.0 → 4.1 pp).
+
+It is off by default because it is only as right as the step. On MNIST / impulse noise the
+knee's step overshoots (retrain still reads 83–86 % of the noisy digits; the step reads 9–15 %
+of them), and held there the result is far worse than the passes' win-back: avg_gap 8.4 → 34.5
+and 3.2 → 35.3 pp on seeds 2 and 3 (a shorter step, η at the knee itself, still overshoots:
+UA 0.34 against 0.17). No validation-only signal tells the two apart yet (docs/METHOD.md).
 
 The hold is `weight` · (mean p(y | x) over a forget batch − the same rows' mean at the step)²,
-the forward pass in eval mode. Measured against what else was tried (docs/METHOD.md, "Holding
-what the step forgot"):
+the forward pass in eval mode. Against what else was tried:
 - **The batch mean, not each row.** Rows may trade confidence: a patched digit can be read as
   its own digit again after the step misread it. Held row by row, the step's misreadings stayed
   (MNIST patch-bias slice_gap 2.8 → 8.8 pp).

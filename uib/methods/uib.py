@@ -69,10 +69,12 @@ class UIBConfig(CurvatureConfig):
         "on a ResNet-18 cost 17 pp of test accuracy (docs/METHOD.md)",
     )
     forget_hold: float = Field(
-        10.0,
+        0.0,
         ge=0,
         description="weight of the hold on the forget set's mean confidence in its labels during "
-        "the passes: it stays where the IF step put it (see ForgetHold); 0 turns it off",
+        "the passes (see uib.methods.forget_hold): it stays where the IF step put it. Off by "
+        "default: it brings a fog slice to retrain's level but locks in a step that overshoots "
+        "(impulse noise); 10 is the weight measured",
     )
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
