@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,8 +305,11 @@ def minio_service(stack: Stack) -> Iterator[S3Server]:
 
 
 @contextmanager
-def server_service(stack: Stack, name: str, extra_env: dict[str, str]) -> Iterator[None]:
-    """A service whose command is a server from this environment's `bin/`."""
+def server_service(
+    stack: Stack, name: str, extra_env: dict[str, str]
+) -> Iterator[Callable[[], None]]:
+    """A service whose command is a server from this environment's `bin/`, started; yields the
+    wait for its healthcheck, so that services depending on the same ones start together."""
     service = stack.compose["services"][name]
     program, *args = bind_own_address(command_of(service), stack.hosts[name])
     log = stack.root / f"{name}.log"
@@ -325,11 +328,15 @@ def server_service(stack: Stack, name: str, extra_env: dict[str, str]) -> Iterat
                 raise AssertionError(f"{name} exited:\n{log.read_text()[-3000:]}")
             return healthcheck(stack, name, extra_env)
 
-        try:
-            wait_until(healthy, 180, f"{name}'s healthcheck", log, interval=1)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n--- healthcheck ---\n{stack.health[name]}") from None
-        yield
+        def wait_healthy() -> None:
+            try:
+                wait_until(healthy, 180, f"{name}'s healthcheck", log, interval=1)
+            except AssertionError as error:
+                raise AssertionError(
+                    f"{error}\n--- healthcheck ---\n{stack.health[name]}"
+                ) from None
+
+        yield wait_healthy
 
 
 @contextmanager
@@ -357,10 +364,15 @@ def compose_stack(root: Path, variables: dict[str, str], profile: str = "cpu") -
     with ExitStack() as services:
         services.enter_context(postgres_service(stack))
         stack.s3 = services.enter_context(minio_service(stack))
-        services.enter_context(
-            server_service(stack, "prefect-server", quiet_prefect_env(root / "prefect-home"))
-        )
-        services.enter_context(server_service(stack, "mlflow", {}))
+        # both depend on postgres and minio alone: started together, as compose starts them
+        waits = [
+            services.enter_context(
+                server_service(stack, "prefect-server", quiet_prefect_env(root / "prefect-home"))
+            ),
+            services.enter_context(server_service(stack, "mlflow", {})),
+        ]
+        for wait_healthy in waits:
+            wait_healthy()
         log = root / "worker.log"
         stack.logs["worker"] = log
         program, *args = ["uib", *command_of(worker)]
