@@ -41,7 +41,7 @@ def neighbour_labels(
         nearest = np.argpartition(dist, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(dist, nearest, 1).argsort(1)
         votes = labels[np.take_along_axis(nearest, order, 1)]
-        for i, row in enumerate(votes):
-            counts = np.bincount(row)
-            out[start + i] = next(v for v in row if counts[v] == counts.max())
+        counts = (votes[:, :, None] == votes[:, None, :]).sum(2)
+        first_best = np.argmax(counts == counts.max(1, keepdims=True), axis=1)
+        out[start : start + len(rows)] = votes[np.arange(len(rows)), first_best]
     return out
