@@ -279,7 +279,7 @@ def _no_redirect(g: GateInput) -> GateResult | None:
     share = float(counts[top]) / e.n_forget
     together = max(1, math.ceil(1 / ceiling))
     where = f" (class {top})" if counts[top] else ""
-    besides = "" if e.forget_neighbour_y is None else " and other than their nearest retained rows'"
+    besides = "" if e.forget_neighbour_y is None else " or their nearest retained rows' label"
     return bounded_proportion(
         "no_redirect",
         share,
