@@ -21,13 +21,8 @@ from flows.unlearn_step import run_step_deployment
 from tasks.data_versioning import DataVersion
 from tasks.evaluation import evaluate_candidate
 from tasks.gate_report import GateReport
-from tasks.registry import (
-    client_for,
-    config_hash,
-    gate_report_of,
-    register_candidate,
-    registered_attempt,
-)
+from tasks.registry import client_for, config_hash, gate_report_of
+from tasks.request_run import register_candidate, registered_attempt
 from tasks.requests import DeletionRequest, Review
 from tasks.settings import Settings
 from tasks.unlearning import candidate_key, ensure_gpu_limit, run_unlearning

@@ -10,7 +10,8 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from tasks.plots import gap_against_time
-from tasks.registry import client_for, log_figures
+from tasks.registry import client_for
+from tasks.request_run import log_figures
 from tasks.settings import Settings
 from uib.benchmark import BenchmarkConfig, run_benchmark
 

@@ -58,25 +58,6 @@ from uib.scenarios import ScenarioConfig
 SHARD_SIZE = 256
 
 
-def holds(odb, oid: str) -> bool:
-    """Whether the object store `odb` holds `oid`: no only when it answers "not found".
-
-    DVC's own `exists` answers no to any error (fsspec's `isfile` swallows them), so a remote
-    that was unreachable or answering 500 read as empty: the erasure skipped deleting the
-    forgotten objects it could not see, found none "left", and recorded them purged while they
-    stayed on the remote; the check before it blamed the current version's objects as "not on
-    the remote". Any other error is a `StorageError`, which `tasks.retrying` retries.
-    """
-    try:
-        return odb.fs.info(odb.oid_to_path(oid))["type"] == "file"
-    except FileNotFoundError:
-        return False
-    except Exception as error:
-        raise StorageError(
-            f"the DVC remote could not be read ({type(error).__name__}: {error})"
-        ) from error
-
-
 __all__ = ["DataRepo", "DataVersion", "StorageError", "SHARD_SIZE", "FORMAT_VERSION"]
 
 
@@ -231,39 +212,6 @@ class DataRepo:
         )
         return done.returncode == 0
 
-    # ----------------------------------------------------------------- objects
-
-    def missing_on_remote(self, oids: Iterable[str]) -> list[str]:
-        """The objects the remote does not hold; a StorageError when it cannot be read."""
-        with dvc_repo(self.root) as repo:
-            remote = repo.cloud.get_remote_odb(None, "status")
-            return [oid for oid in sorted(set(oids)) if not holds(remote, oid)]
-
-    def delete_objects(self, oids: Iterable[str]) -> tuple[int, int]:
-        """Delete objects by id from the local cache and the remote: (from cache, from remote).
-
-        Ids that are already gone are skipped, so a rerun deletes nothing more.
-        """
-        deleted_cache = deleted_remote = 0
-        with self._exclusive(), dvc_repo(self.root) as repo:
-            cache, remote = repo.cache.local, repo.cloud.get_remote_odb(None, "erase")
-            for oid in sorted(set(oids)):
-                if cache.exists(oid):
-                    cache.delete(oid)
-                    deleted_cache += 1
-                if holds(remote, oid):
-                    try:
-                        remote.delete(oid)
-                    except Exception as error:
-                        raise StorageError(
-                            f"the DVC remote did not delete {oid}: {error}"
-                        ) from error
-                    deleted_remote += 1
-            left = [oid for oid in oids if cache.exists(oid) or holds(remote, oid)]
-        if left:
-            raise RuntimeError(f"objects still stored after deletion: {left[:5]}")
-        return deleted_cache, deleted_remote
-
     def rev_parse(self, rev: str) -> str:
         done = subprocess.run(
             ["git", "-C", str(self.root), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
@@ -323,7 +271,7 @@ class DataRepo:
 
     def repair(self) -> str | None:
         """Finish or undo a switch a crash cut short; what was done, or None (`data_switch`)."""
-        with self._exclusive():
+        with self.writer_lock():
             return data_switch.repair(self)
 
     def write_dataset(
@@ -335,7 +283,7 @@ class DataRepo:
         current version, so a rerun is free.
         """
         check_dataset(dataset)
-        with self._exclusive():
+        with self.writer_lock():
             data_switch.repair(self)
             return data_switch.publish(
                 self,
@@ -361,14 +309,14 @@ class DataRepo:
         crash is repaired first. `request_id` is recorded as a `Request-Id:` trailer.
         """
         wanted = as_id_array(ids)
-        with self._exclusive():
+        with self.writer_lock():
             data_switch.repair(self)
             return data_writes.remove_samples(self, wanted, message, Path(stage_dir), request_id)
 
     # ----------------------------------------------------------------- commit plumbing
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def writer_lock(self) -> Iterator[None]:
         """One writer at a time per data repository (two runs of a flow on one machine)."""
         lock = self.root / ".dvc" / "tmp" / "uib-writer.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)

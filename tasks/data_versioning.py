@@ -1,8 +1,9 @@
 """Data versioning as Prefect tasks: the dataset's first version, and a request's removal.
 
-The repository itself is `tasks.data_repo.DataRepo` (reading, objects, commits), written beside
-the checked-out version and switched atomically by `tasks.data_switch`; the shard format is
-`tasks.shards`. The names other modules import from here stay importable from here.
+The repository itself is `tasks.data_repo.DataRepo` (reading, commits), written beside the
+checked-out version and switched atomically by `tasks.data_switch`; its DVC objects are checked
+and deleted by `tasks.dvc_objects`; the shard format is `tasks.shards`. The names other modules
+import from here stay importable from here.
 """
 
 from __future__ import annotations

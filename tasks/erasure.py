@@ -36,6 +36,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks.data_versioning import DataRepo, DataVersion, StorageError, as_id_array
+from tasks.dvc_objects import delete_objects, missing_on_remote
 from tasks.faults import fault_point
 from tasks.private_state import private_dir, private_file, write_private
 from tasks.redaction import HASH_SCHEME, hash_id
@@ -209,13 +210,13 @@ def erase_forgotten(
     keep = set(repo.dir_listing(after.git_rev).values()) | set(head_listing.values())
     purge = sorted(set(repo.dir_listing(before.git_rev).values()) - keep)
 
-    missing = repo.missing_on_remote([*head_listing.values(), repo.dir_md5("HEAD")])
+    missing = missing_on_remote(repo, [*head_listing.values(), repo.dir_md5("HEAD")])
     if missing:
         raise StorageError(
             f"repo: {len(missing)} objects of the current data version are not on the remote "
             f"(e.g. {missing[:3]}); push before erasing"
         )
-    deleted_cache, deleted_remote = repo.delete_objects(purge)
+    deleted_cache, deleted_remote = delete_objects(repo, purge)
     fault_point("erasing")
 
     purged = set(purge)

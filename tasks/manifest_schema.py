@@ -10,7 +10,7 @@ whether it is categorical, so that its value shares are compared before and afte
     integer                   at most MAX_INTEGER_CATEGORIES values (more: a measure, an age)
     float, datetime, other    never (numbers and dates get a range instead)
 
-counted over the original's training rows. `tasks.validation` turns it into expectations.
+counted over the original's training rows. `tasks.shift_expectations` turns it into expectations.
 """
 
 from __future__ import annotations

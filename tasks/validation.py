@@ -1,7 +1,7 @@
 """Is the data shift of a deletion request the one that was asked for? Checked with GX Core 1.x.
 
 `validate_shift` runs one GX checkpoint (`tasks.gx_checkpoint`) whose validation definitions
-cover every frame involved:
+(their expectations in `tasks.shift_expectations`) cover every frame involved:
 
     original, retain, forget   the manifests, against the original's own schema (below)
     retain                     no id also in the forget set; retain + forget = original
@@ -30,9 +30,10 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.gx_checkpoint import Check, checks_from, described, gx_frame, result_json, run_checkpoint
-from tasks.manifest_schema import CORE_COLUMNS, ManifestColumn, manifest_columns, shown
+from tasks.gx_checkpoint import Check, checks_from, gx_frame, result_json, run_checkpoint
+from tasks.manifest_schema import ManifestColumn, manifest_columns
 from tasks.redaction import redacted_report
+from tasks.shift_expectations import shift_suites
 from uib.samples import DataError
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 ID_COLUMNS = ("sample_id", "split", "label")
-LABEL_COLUMNS = ("label", "original_label")
 
 
 class ShiftPolicy(BaseModel):
@@ -161,133 +161,6 @@ def _attribute_frame(
     return frame.set_index("key", drop=False).rename_axis(None)
 
 
-# --------------------------------------------------------------------------- suites
-
-
-def _manifest_expectations(
-    gxe, frame: str, columns: list[ManifestColumn], num_classes: int, splits: list[str]
-) -> list:
-    """A manifest's schema: the original needs the core columns, retain and forget all the
-    original's; every column its type, no missing value where the original has none, and
-    a number or date within the original's range."""
-    required = list(CORE_COLUMNS) if frame == "original" else [c.name for c in columns]
-
-    def meta(what: str, threshold: Any = None) -> dict:
-        return described(f"{frame}: {what}", threshold)
-
-    exps = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=required, exact_match=False, meta=meta("required columns", sorted(required))
-        ),
-        gxe.ExpectColumnValuesToBeUnique(column="sample_id", meta=meta("sample_id unique")),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="split", value_set=splits, meta=meta("split values", splits)
-        ),
-    ]
-    for col in columns:
-        types = list(col.types)
-        exps.append(
-            gxe.ExpectColumnValuesToBeInTypeList(
-                column=col.name, type_list=types, meta=meta(f"{col.name} type", types)
-            )
-        )
-        if col.not_null:
-            exps.append(
-                gxe.ExpectColumnValuesToNotBeNull(
-                    column=col.name, meta=meta(f"{col.name} not null")
-                )
-            )
-        if col.bounds is not None and frame != "original":  # its own range: nothing to check
-            low, high = col.bounds
-            exps.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=col.name,
-                    min_value=low,
-                    max_value=high,
-                    meta=meta(f"{col.name} within the original's range", [shown(low), shown(high)]),
-                )
-            )
-    for col in LABEL_COLUMNS:
-        exps.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column=col,
-                min_value=0,
-                max_value=num_classes - 1,
-                meta=meta(f"{col} in [0, {num_classes})", [0, num_classes - 1]),
-            )
-        )
-    return exps
-
-
-def _suites(
-    policy: ShiftPolicy,
-    columns: list[ManifestColumn],
-    num_classes: int,
-    forget: pd.DataFrame,
-    n_original: int,
-) -> dict[str, list]:
-    import great_expectations.expectations as gxe
-
-    forget_ids = sorted(forget["sample_id"].astype(str).unique())
-    min_count = 0 if policy.allow_class_removal else 1
-    n_retain = n_original - len(forget)
-    return {
-        "original": _manifest_expectations(
-            gxe, "original", columns, num_classes, ["train", "test"]
-        ),
-        "retain": [
-            *_manifest_expectations(gxe, "retain", columns, num_classes, ["train", "test"]),
-            gxe.ExpectColumnValuesToNotBeInSet(
-                column="sample_id",
-                value_set=forget_ids,
-                meta=described("no id in both retain and forget", 0),
-            ),
-            gxe.ExpectTableRowCountToEqual(
-                value=n_retain,
-                meta=described("retain rows = original rows - forget rows", n_retain),
-            ),
-        ],
-        "forget": _manifest_expectations(gxe, "forget", columns, num_classes, ["train"]),
-        "requested": [
-            gxe.ExpectColumnValuesToBeInSet(
-                column="sample_id",
-                value_set=forget_ids,
-                meta=described("every requested id in the forget set", 0),
-            )
-        ],
-        "shift": [
-            gxe.ExpectColumnMaxToBeBetween(
-                column="forget_fraction",
-                max_value=policy.max_forget_fraction,
-                meta=described("forget fraction", policy.max_forget_fraction),
-            ),
-            gxe.ExpectColumnMaxToBeBetween(
-                column="label_kl",
-                max_value=policy.label_kl_tolerance,
-                meta=described("label KL(retain || original)", policy.label_kl_tolerance),
-            ),
-        ],
-        "classes": [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="count_after",
-                min_value=min_count,
-                meta=described(
-                    "no class removed from retain"
-                    + (" (removal allowed by policy)" if policy.allow_class_removal else ""),
-                    min_count,
-                ),
-            )
-        ],
-        "attributes": [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="shift",
-                max_value=policy.attribute_tolerance,
-                meta=described("attribute share shift", policy.attribute_tolerance),
-            )
-        ],
-    }
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -358,7 +231,7 @@ def validate_shift(
         "classes": gx_frame(present, "label"),
         "attributes": attributes,
     }
-    suites = _suites(policy, columns, num_classes, forget, len(original))
+    suites = shift_suites(policy, columns, num_classes, forget, len(original))
     result = run_checkpoint(frames, suites, name="deletion_request_shift")
     return ValidationReport(
         success=bool(result.success),

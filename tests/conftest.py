@@ -36,7 +36,8 @@ def digits():
 # (`--dist loadfile --no-loadscope-reorder`): a long module started last would keep one worker
 # busy long after the other ran out of work.
 LONG_MODULES = {
-    "integration/test_pipeline.py": 530,
+    "integration/test_pipeline.py": 420,
+    "integration/test_pipeline_refusals.py": 110,
     "integration/test_adopt.py": 340,
     "integration/test_readme.py": 330,
     "integration/test_production_stack.py": 240,

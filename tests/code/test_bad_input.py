@@ -7,8 +7,8 @@ beside the object. And nothing stored changes: the data repository's HEAD and wo
 ledger's rows and every file of the state folder (a registry would be `mlflow.db` there) are
 compared before and after. No Prefect server starts and nothing is trained: every case is
 refused before either would be needed. The cases that need the pipeline (refused by the shift
-policy, exit 1) are in tests/integration/test_pipeline.py, the inbox's filing of objects in
-tests/integration/test_inbox_filing.py; docs/RELIABILITY.md lists them all.
+policy, exit 1) are in tests/integration/test_pipeline_refusals.py, the inbox's filing of
+objects in tests/integration/test_inbox_filing.py; docs/RELIABILITY.md lists them all.
 """
 
 from __future__ import annotations
