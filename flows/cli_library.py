@@ -52,6 +52,12 @@ def benchmark(
     recipe: Path | None = typer.Option(
         None, "--recipe", help="YAML of the training recipe (as for `uib adopt`)"
     ),
+    tuned: bool = typer.Option(
+        True,
+        "--tuned/--untuned",
+        help="baselines with the configuration tuned on this data set (`uib tune`), or the "
+        "registry's defaults",
+    ),
 ) -> None:
     """Train the original once per seed, run each method from it, write results.csv and results.md."""
     from uib.benchmark import BenchmarkConfig, run_benchmark
@@ -73,6 +79,7 @@ def benchmark(
             counts=parse_counts(counts),
             method_configs=method_overrides(set_),
             noise_floor=noise_floor,
+            tuned=tuned,
         )
         if mlflow:
             quiet_prefect()
@@ -125,6 +132,12 @@ def tune(
         "digits", help="digits | mnist | idx:DIR | folder:DIR | arrays:FILE"
     ),
     data_dir: Path | None = typer.Option(None, help="directory of the IDX files (mnist)"),
+    seeds: str | None = typer.Option(
+        None, help="comma-separated tuning seeds; default: the data set's (digits 0,1,2; mnist 0)"
+    ),
+    scenarios: str = typer.Option(
+        "patch-bias,class,random,corruption", help="comma-separated scenarios to tune on"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/tuning"), help="output directory"),
 ) -> None:
@@ -139,6 +152,8 @@ def tune(
             methods=names,
             dataset=dataset,
             data_dir=str(data_dir) if data_dir else None,
+            seeds=[int(s) for s in csv_list(seeds)] if seeds else None,
+            scenarios=csv_list(scenarios),
             device=device,
         )
         best = run_tuning(config, out)

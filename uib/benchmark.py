@@ -21,6 +21,7 @@ from uib.metrics import METRIC_COLUMNS, avg_gap, evaluate, slice_gap
 from uib.models import build_model, default_arch
 from uib.samples import split_validation
 from uib.train import TrainConfig, train_model
+from uib.tuning import tuned_config
 
 COLUMNS = [
     "method",
@@ -57,10 +58,20 @@ class BenchmarkConfig(BaseModel):
         None, description="the original's and retrain's recipe; default: the dataset's"
     )
     method_configs: dict[str, dict] = Field(default_factory=dict)
+    tuned: bool = Field(
+        True,
+        description="baselines run with the configuration tuned on this data set's tuning seeds "
+        "where one is recorded (`uib.tuning.TUNED_ON`); False: the registry's defaults",
+    )
     noise_floor: bool = Field(
         False, description="add `retrain-reseeded`: retrain from another init"
     )
     device: str = "auto"
+
+    def config_of(self, method: str, dataset_name: str) -> dict:
+        """`method`'s fields: the data set's tuned ones (when `tuned`), then `method_configs`'."""
+        tuned = tuned_config(method, dataset_name) if self.tuned else {}
+        return {**tuned, **self.method_configs.get(method, {})}
 
     def recipe_for(self, dataset_name: str, seed: int) -> TrainConfig:
         """`recipe` (a team's, from `--recipe`) or the dataset's, with `epochs` and `seed` set."""
@@ -135,7 +146,7 @@ def run_scenario(
             forget,
             retain,
             name,
-            config.method_configs.get(name),
+            config.config_of(name, scenario.dataset.name),
             train_config=recipe,
             validation=validation,
             device=config.device,
@@ -240,10 +251,14 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
+    configured = {
+        n: fields for n in config.methods if (fields := config.config_of(n, dataset.name))
+    }
     header = (
         f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
         f"Recipe: {config.recipe_for(dataset.name, seed=0).model_dump(exclude={'seed'})}; "
-        f"device {config.device}.\n\n"
+        f"device {config.device}.\n\nConfigured (all else the registry's defaults): "
+        f"{configured or 'nothing'}.\n\n"
     )
     (out / "results.md").write_text(header + summarise(results))
     return results

@@ -24,6 +24,8 @@ def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
             "1",
             "--epochs",
             "5",
+            "--set",
+            "finetune.epochs=1",
             "--out",
             str(tmp_path),
         ],
@@ -50,7 +52,9 @@ def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
             assert 0.0 <= row[col] <= 1.0
     assert table[table.method == "retrain"].avg_gap.iloc[0] == 0.0
     assert table.corrupt_acc.isna().all()
-    assert "| uib |" in (tmp_path / "results.md").read_text()
+    summary = (tmp_path / "results.md").read_text()
+    assert "| uib |" in summary
+    assert "Configured (all else the registry's defaults): {'finetune': {'epochs': '1'}}" in summary
 
 
 def test_the_noise_floor_is_a_second_retrain_from_another_init(tmp_path):

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 
 from uib import methods
-from uib.tuning import TUNING_GRIDS, TuningConfig, grid_points, run_tuning
+from uib.benchmark import BenchmarkConfig
+from uib.tuning import TUNED_ON, TUNING_GRIDS, TuningConfig, grid_points, run_tuning
 
-RECORDED = Path(__file__).parents[2] / "docs" / "results" / "tuning-digits" / "best.json"
+RESULTS = Path(__file__).parents[2] / "docs" / "results"
+RECORDED = RESULTS / "tuning-digits" / "best.json"
 
 
 def test_a_tuning_run_keeps_the_configuration_with_the_lowest_mean_avg_gap(tmp_path):
@@ -34,6 +36,19 @@ def test_the_registry_defaults_are_the_recorded_tuning_winners():
     for name, fields in recorded["best"].items():
         defaults = methods.get(name).config_cls().model_dump()
         assert {k: defaults[k] for k in fields} == fields, name
+
+
+def test_each_data_set_tuned_on_runs_its_baselines_with_its_recorded_winners():
+    for name, winners in TUNED_ON.items():
+        recorded = json.loads((RESULTS / f"tuning-{name}" / "best.json").read_text())
+        assert recorded["dataset"] == name
+        assert winners == recorded["best"], name
+    mnist_scrub = TUNED_ON["mnist"]["scrub"]
+    assert mnist_scrub != json.loads(RECORDED.read_text())["best"]["scrub"]
+    overridden = BenchmarkConfig(methods=["scrub"], method_configs={"scrub": {"epochs": 2}})
+    assert overridden.config_of("scrub", "mnist") == {**mnist_scrub, "epochs": 2}
+    assert overridden.config_of("scrub", "digits") == {"epochs": 2}
+    assert BenchmarkConfig(methods=["scrub"], tuned=False).config_of("scrub", "mnist") == {}
 
 
 def test_a_method_without_a_grid_or_a_grid_value_its_config_refuses_is_named(tmp_path):
