@@ -3,11 +3,14 @@
 Two exact ways to the same statistics, in chunks of rows, so that memory is bounded by the
 chunk size and never by the data set size; no Hessian is ever formed:
 
-- `factored`: when every trainable parameter sits in a `Linear` or a `Conv2d`, one batched
-  backward gives each layer's inputs `a` and output gradients `g`, and a sample's weight
-  gradient is `g aᵀ` (summed over positions for a convolution). Squared and summed over rows,
-  a Linear layer's Fisher is `(g²)ᵀ a²`, one matrix product: its per-sample gradients are never
-  materialised. A convolution's are, as a `bmm` of `g` with the unfolded input.
+- `factored`: when every trainable parameter sits in a `Linear`, a `Conv2d` or a BatchNorm
+  with running statistics, one batched backward gives each layer's inputs `a` and output
+  gradients `g`, and a sample's weight gradient is `g aᵀ` (summed over positions for a
+  convolution). Squared and summed over rows, a Linear layer's Fisher is `(g²)ᵀ a²`, one matrix
+  product: its per-sample gradients are never materialised. A convolution's are, as a `bmm` of
+  `g` with the unfolded input. A BatchNorm's, in eval mode, are `Σ g · x̂` and `Σ g` over
+  positions (`x̂` its input normalised by the running statistics): two floats a channel, so a
+  ResNet's BatchNorm layers no longer send the whole model to `vmap`.
 - `vmap`: `torch.func` (`vmap` over `grad`) for any model: every sample's full gradient,
   chunk by chunk.
 """
@@ -47,10 +50,15 @@ def materialised_floats(model: nn.Module) -> int:
     layers = factored_layers(model)
     if layers is None:
         return sum(p.numel() for p in trainable(model).values())
-    return sum(
-        m.weight.numel() if isinstance(m, nn.Conv2d) else m.in_features + m.out_features
-        for m in layers.values()
-    )
+
+    def floats(m: nn.Module) -> int:
+        if isinstance(m, nn.Conv2d):
+            return m.weight.numel()
+        if isinstance(m, nn.Linear):
+            return m.in_features + m.out_features
+        return 2 * m.num_features
+
+    return sum(floats(m) for m in layers.values())
 
 
 def per_sample_grads(
@@ -121,8 +129,8 @@ def gradient_stats(
     layers = factored_layers(model) if path != "vmap" else None
     if path == "factored" and layers is None:
         raise ValueError(
-            "the factored path needs every trainable parameter in a Linear or a "
-            "Conv2d (groups=1, numeric zero padding)"
+            "the factored path needs every trainable parameter in a Linear, a Conv2d "
+            "(groups=1, numeric zero padding) or a BatchNorm with running statistics"
         )
     accumulate = StatsAccumulator(trainable(model), weights is not None)
     chunks = (
@@ -192,7 +200,7 @@ class StatsAccumulator:
 
 def factored_layers(model: nn.Module) -> dict[str, nn.Module] | None:
     """{module name: module} of the modules that own trainable parameters, when every one is a
-    Linear or a Conv2d that `factored_chunks` handles; None otherwise."""
+    Linear, a Conv2d or a BatchNorm that `factored_chunks` handles; None otherwise."""
     layers = {}
     for name, module in model.named_modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -203,7 +211,10 @@ def factored_layers(model: nn.Module) -> dict[str, nn.Module] | None:
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)
         )
-        if not (isinstance(module, nn.Linear) or conv_ok):
+        norm_ok = isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.running_mean is not None
+        )
+        if not (isinstance(module, nn.Linear) or conv_ok or norm_ok):
             return None
         if any(not p.requires_grad for p in module.parameters(recurse=False)):
             return None
@@ -265,6 +276,13 @@ def layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str
         a, g = a.flatten(1, -2), g.flatten(1, -2)
         grads["weight"] = (torch.einsum("bto,bti->boi", g, a), None)
         bias = g.sum(1)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        scale = torch.rsqrt(module.running_var.view(shape) + module.eps)
+        normalised = (a - module.running_mean.view(shape)) * scale
+        a, g = (normalised * g).reshape(*g.shape[:2], -1), g.reshape(*g.shape[:2], -1)
+        grads["weight"] = (a.sum(2), None)
+        bias = g.sum(2)
     else:
         unfolded = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
         g = g.flatten(2)

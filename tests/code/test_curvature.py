@@ -155,12 +155,50 @@ def test_the_factored_path_gives_the_vmap_statistics_weighted_and_unweighted():
                 )
 
 
+def test_batchnorm_layers_take_the_factored_path_with_the_vmap_statistics():
+    """In eval mode a BatchNorm's per-sample gradients are Σ g·x̂ and Σ g over positions (x̂ by
+    the running statistics): ResNet-18, all Conv2d, BatchNorm and Linear, is factored whole."""
+    from uib.curvature import factored_layers
+
+    assert factored_layers(build_model("resnet18", (3, 32, 32), 10)) is not None
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 36, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 1, 6, 6) * 2 + 1)  # running statistics away from 0 and 1
+    for norm in (model[1], model[5]):
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    x, y = torch.randn(13, 1, 6, 6), torch.randint(0, 3, (13,))
+    weights = torch.rand(13, generator=torch.Generator().manual_seed(6))
+    by_vmap = gradient_stats(model, x, y, 4, weights, path="vmap")
+    factored = gradient_stats(model, x, y, 5, weights, path="factored")
+    for name, _ in model.named_parameters():
+        for part in ("fisher", "grad_sum", "weighted_fisher"):
+            expected = getattr(by_vmap, part)[name]
+            torch.testing.assert_close(
+                getattr(factored, part)[name],
+                expected,
+                rtol=1e-4,
+                atol=1e-5 * float(expected.abs().max()),
+            )
+
+
 def test_models_the_factored_path_cannot_take_go_through_vmap():
     import pytest
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 3))
     x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
-    with pytest.raises(ValueError, match="Linear or a Conv2d"):
+    with pytest.raises(ValueError, match="a Linear, a Conv2d"):
         gradient_stats(model, x, y, path="factored")
     auto = gradient_stats(model, x, y, chunk_size=4)
     slow = per_sample_grads_loop(model, x, y)
