@@ -38,17 +38,22 @@ def test_the_registry_defaults_are_the_recorded_tuning_winners():
         assert {k: defaults[k] for k in fields} == fields, name
 
 
-def test_each_data_set_tuned_on_runs_its_baselines_with_its_recorded_winners():
+def test_each_data_set_tuned_on_holds_its_recorded_winners():
     for name, winners in TUNED_ON.items():
         recorded = json.loads((RESULTS / f"tuning-{name}" / "best.json").read_text())
         assert recorded["dataset"] == name
         assert winners == recorded["best"], name
-    mnist_scrub = TUNED_ON["mnist"]["scrub"]
-    assert mnist_scrub != json.loads(RECORDED.read_text())["best"]["scrub"]
+
+
+def test_a_benchmark_runs_a_baseline_with_its_data_sets_tuned_fields_under_the_set_ones(
+    monkeypatch,
+):
+    monkeypatch.setitem(TUNED_ON, "colour", {"scrub": {"lr": 1e-4, "epochs": 5}})
     overridden = BenchmarkConfig(methods=["scrub"], method_configs={"scrub": {"epochs": 2}})
-    assert overridden.config_of("scrub", "mnist") == {**mnist_scrub, "epochs": 2}
+    assert overridden.config_of("scrub", "colour") == {"lr": 1e-4, "epochs": 2}
     assert overridden.config_of("scrub", "digits") == {"epochs": 2}
-    assert BenchmarkConfig(methods=["scrub"], tuned=False).config_of("scrub", "mnist") == {}
+    assert BenchmarkConfig(methods=["scrub"]).config_of("finetune", "colour") == {}
+    assert BenchmarkConfig(methods=["scrub"], tuned=False).config_of("scrub", "colour") == {}
 
 
 def test_a_method_without_a_grid_or_a_grid_value_its_config_refuses_is_named(tmp_path):
