@@ -108,7 +108,7 @@ def prefect_api() -> Iterator[str]:
     server = _child_server_class()()
     try:
         with _one_start_at_a_time():
-            server.start()
+            server.start(timeout=_server_start_timeout_s())
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
@@ -116,6 +116,21 @@ def prefect_api() -> Iterator[str]:
                 _drain_prefect_clients()
     finally:
         server.stop()
+
+
+SERVER_START_TIMEOUT_S = 90
+
+
+def _server_start_timeout_s() -> int:
+    """Prefect's `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` (20 s by default), but no
+    less than `SERVER_START_TIMEOUT_S`. The server starts in about 13 s on an idle machine; on
+    one busy with training jobs it took over 20, and the request failed with `Timed out while
+    attempting to connect to ephemeral Prefect API server` before any of it had run."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return max(
+        int(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), SERVER_START_TIMEOUT_S
+    )
 
 
 @contextmanager
