@@ -44,7 +44,18 @@ TUNING_GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-TUNED_ON: dict[str, dict[str, dict]] = {}
+TUNED_ON: dict[str, dict[str, dict]] = {
+    "mnist": {
+        "finetune": {"epochs": 5, "lr": 3e-3},
+        "neggrad": {"epochs": 5, "lr": 1e-5},
+        "neggrad+": {"epochs": 1, "lr": 1e-4},
+        "random-label": {"epochs": 1, "lr": 3e-4},
+        "scrub": {"epochs": 3, "lr": 1e-4},
+        "salun": {"epochs": 1, "lr": 3e-4},
+        "l1-sparse": {"epochs": 5, "lr": 1e-3},
+        "ssd": {"dampening": 10.0, "selection": 1.0},
+    }
+}
 """Per data set other than digits (whose winners are the registry's defaults): each baseline's
 winner on that data set's tuning seeds, as `uib tune` recorded it in `docs/results/tuning-<name>/`.
 The benchmark runs a baseline with these on that data set: a learning rate tuned for the MLP on
