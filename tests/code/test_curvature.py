@@ -135,6 +135,18 @@ def test_summed_gradient_equals_the_sum_of_per_sample_gradients():
         torch.testing.assert_close(batched[name], stats.grad_sum[name], rtol=1e-4, atol=1e-5)
 
 
+def assert_same_statistics(model: nn.Module, factored, by_vmap) -> None:
+    for name, _ in model.named_parameters():
+        for part in ("fisher", "grad_sum", "weighted_fisher"):
+            expected = getattr(by_vmap, part)[name]
+            torch.testing.assert_close(
+                getattr(factored, part)[name],
+                expected,
+                rtol=1e-4,
+                atol=1e-5 * float(expected.abs().max()),
+            )
+
+
 def test_the_factored_path_gives_the_vmap_statistics_weighted_and_unweighted():
     for arch, shape in (("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn", (1, 16, 16))):
         torch.manual_seed(3)
@@ -144,15 +156,7 @@ def test_the_factored_path_gives_the_vmap_statistics_weighted_and_unweighted():
         by_vmap = gradient_stats(model, x, y, 5, weights, path="vmap")
         factored = gradient_stats(model, x, y, 7, weights, path="factored")
         assert factored.n == by_vmap.n == 23
-        for name, _ in model.named_parameters():
-            for part in ("fisher", "grad_sum", "weighted_fisher"):
-                expected = getattr(by_vmap, part)[name]
-                torch.testing.assert_close(
-                    getattr(factored, part)[name],
-                    expected,
-                    rtol=1e-4,
-                    atol=1e-5 * float(expected.abs().max()),
-                )
+        assert_same_statistics(model, factored, by_vmap)
 
 
 def test_batchnorm_layers_take_the_factored_path_with_the_vmap_statistics():
@@ -182,15 +186,7 @@ def test_batchnorm_layers_take_the_factored_path_with_the_vmap_statistics():
     weights = torch.rand(13, generator=torch.Generator().manual_seed(6))
     by_vmap = gradient_stats(model, x, y, 4, weights, path="vmap")
     factored = gradient_stats(model, x, y, 5, weights, path="factored")
-    for name, _ in model.named_parameters():
-        for part in ("fisher", "grad_sum", "weighted_fisher"):
-            expected = getattr(by_vmap, part)[name]
-            torch.testing.assert_close(
-                getattr(factored, part)[name],
-                expected,
-                rtol=1e-4,
-                atol=1e-5 * float(expected.abs().max()),
-            )
+    assert_same_statistics(model, factored, by_vmap)
 
 
 def test_models_the_factored_path_cannot_take_go_through_vmap():
