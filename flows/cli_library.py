@@ -95,14 +95,14 @@ def benchmark(
     typer.echo(f"wrote {out / 'results.csv'}")
 
 
-def parse_counts(value: str | None) -> list[int] | None:
+def parse_counts(value: str | None, option: str = "--counts") -> list[int] | None:
     """`--counts 1,2,10` → [1, 2, 10]; a value that is no whole number is refused by name."""
     if not value:
         return None
     try:
         return [int(c) for c in csv_list(value)]
     except ValueError:
-        raise ValueError(f"--counts {value!r}: expected comma-separated whole numbers") from None
+        raise ValueError(f"{option} {value!r}: expected comma-separated whole numbers") from None
 
 
 def method_names(value: str) -> list[str]:
@@ -152,7 +152,7 @@ def tune(
             methods=names,
             dataset=dataset,
             data_dir=str(data_dir) if data_dir else None,
-            seeds=[int(s) for s in csv_list(seeds)] if seeds else None,
+            seeds=parse_counts(seeds, "--seeds"),
             scenarios=csv_list(scenarios),
             device=device,
         )

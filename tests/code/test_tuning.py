@@ -63,3 +63,14 @@ def test_a_method_without_a_grid_or_a_grid_value_its_config_refuses_is_named(tmp
     with pytest.raises(ValueError, match="lr"):
         run_tuning(TuningConfig(methods=["finetune"], grids=bad, progress=False), tmp_path)
     assert not (tmp_path / "tuning.csv").exists()
+
+
+def test_tune_refuses_seeds_that_are_no_whole_numbers_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "--seeds", "0,a", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--seeds '0,a': expected comma-separated whole numbers" in result.output
+    assert not (tmp_path / "tuning.csv").exists()
