@@ -38,6 +38,9 @@ def benchmark(
     fraction: float = typer.Option(0.1, help="scenario fraction"),
     corruption: str = typer.Option("fog", help="corruption kind (corruption scenario)"),
     epochs: int | None = typer.Option(None, help="override the recipe's epochs (not for reports)"),
+    arch: str | None = typer.Option(
+        None, help="mlp | cnn | resnet18 (default: the data set's: mlp for 8×8 digits, else cnn)"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/benchmark"), help="output directory"),
     set_: list[str] = typer.Option(
@@ -75,6 +78,7 @@ def benchmark(
             fraction=fraction,
             corruption=corruption,
             epochs=epochs,
+            arch=arch,
             device=device,
             counts=parse_counts(counts),
             method_configs=method_overrides(set_),
@@ -112,14 +116,15 @@ def method_names(value: str) -> list[str]:
 
 
 def method_overrides(assignments: list[str]) -> dict[str, dict]:
-    """`uib.retain_sample=2000` → {"uib": {"retain_sample": "2000"}}; the method's config parses the value."""
+    """`uib.retain_sample=2000` → {"uib": {"retain_sample": "2000"}}; the method's config parses
+    the value. `none` sets a field that may be None (`uib.stop_at_gap=none`)."""
     configs: dict[str, dict] = {}
     for assignment in assignments:
         target, sep, value = assignment.partition("=")
         method, dot, field = target.partition(".")
         if not (sep and dot and method and field):
             raise ValueError(f"--set {assignment!r}: expected METHOD.FIELD=VALUE")
-        configs.setdefault(method, {})[field] = value
+        configs.setdefault(method, {})[field] = None if value.strip().lower() == "none" else value
     return configs
 
 

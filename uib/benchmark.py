@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import uib
 from uib import methods
 from uib.metrics import METRIC_COLUMNS, avg_gap, evaluate, slice_gap
+from uib.models import available as available_archs
 from uib.models import build_model, default_arch
 from uib.samples import split_validation
 from uib.train import TrainConfig, train_model
@@ -52,7 +53,9 @@ class BenchmarkConfig(BaseModel):
     )
     methods: list[str] = Field(default_factory=lambda: ["retrain", "finetune", "influence", "uib"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    arch: str | None = None
+    arch: str | None = Field(
+        None, description="the model's architecture (`uib.models`); default: the data set's"
+    )
     epochs: int | None = Field(None, description="override the recipe's epochs (never for reports)")
     recipe: TrainConfig | None = Field(
         None, description="the original's and retrain's recipe; default: the dataset's"
@@ -67,6 +70,13 @@ class BenchmarkConfig(BaseModel):
         False, description="add `retrain-reseeded`: retrain from another init"
     )
     device: str = "auto"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str | None) -> str | None:
+        if arch is not None and arch not in available_archs():
+            raise ValueError(f"arch: unknown architecture {arch!r}; known: {available_archs()}")
+        return arch
 
     def config_of(self, method: str, dataset_name: str) -> dict:
         """`method`'s fields: the data set's tuned ones (when `tuned`), then `method_configs`'."""
@@ -256,6 +266,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str) -> pd.DataFrame:
     }
     header = (
         f"# {config.dataset} / {config.scenario}: seeds {config.seeds}\n\n"
+        f"Model: {config.arch or default_arch(dataset.image_shape)}. "
         f"Recipe: {config.recipe_for(dataset.name, seed=0).model_dump(exclude={'seed'})}; "
         f"device {config.device}.\n\nConfigured (all else the registry's defaults): "
         f"{configured or 'nothing'}.\n\n"

@@ -54,6 +54,7 @@ def test_benchmark_cli_writes_results_with_retrain_and_uib_rows(tmp_path):
     assert table.corrupt_acc.isna().all()
     summary = (tmp_path / "results.md").read_text()
     assert "| uib |" in summary
+    assert "Model: mlp." in summary
     assert "Configured (all else the registry's defaults): {'finetune': {'epochs': '1'}}" in summary
 
 
@@ -73,11 +74,14 @@ def test_the_noise_floor_is_a_second_retrain_from_another_init(tmp_path):
             "--epochs",
             "5",
             "--noise-floor",
+            "--arch",
+            "cnn",
             "--out",
             str(tmp_path),
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "Model: cnn." in (tmp_path / "results.md").read_text()  # digits' own default: mlp
     table = pd.read_csv(tmp_path / "results.csv").set_index("method")
     assert list(table.index) == ["original", "retrain", "retrain-reseeded"]
     reseeded = table.loc["retrain-reseeded"]
@@ -91,6 +95,16 @@ def test_all_names_every_registered_method():
 
     assert method_names("all") == methods.available() and "uib+salun" in method_names("all")
     assert method_names("uib, retrain") == ["uib", "retrain"]
+
+
+def test_set_none_clears_a_field_that_may_be_none():
+    from flows.cli_library import method_overrides
+    from uib import methods
+
+    configs = method_overrides(["uib.stop_at_gap=None", "uib.reset_signal=30"])
+    config = methods.get("uib").config_cls.model_validate(configs["uib"])
+    assert config.stop_at_gap is None and config.reset_signal == 30.0
+    assert methods.get("uib").config_cls().stop_at_gap is not None
 
 
 def test_benchmark_cli_names_an_unknown_method(tmp_path):
@@ -129,6 +143,7 @@ def test_benchmark_cli_takes_seeds_and_method_settings(tmp_path):
         (["--set", "uib.retain_samples=5"], "retain_samples"),
         (["--set", "uib=5"], "METHOD.FIELD=VALUE"),
         (["--set", "scrub.alpha=1"], "scrub"),
+        (["--arch", "vgg16"], "vgg16"),
     ):
         refused = CliRunner().invoke(
             app, ["benchmark", "--methods", "uib", *bad, "--out", str(tmp_path / "bad")]

@@ -8,7 +8,7 @@ import uib
 from uib.curvature import GradientStats
 from uib.models import build_model
 from uib.objective import gaussian_kl
-from uib.prior import build_prior
+from uib.prior import LayerPrior, build_prior, reset_slice_entries
 from uib.samples import Samples
 
 
@@ -47,6 +47,27 @@ def test_prior_is_the_damped_if_step_with_shift_aware_precision():
     leaned_on = int((f_f / (f_r + lam)).argmax())
     assert int(released.precision.argmin()) == leaned_on
     assert int((prior.precision / (f_r + lam)).argmax()) == leaned_on
+
+
+def test_entries_only_the_slice_uses_are_reset_to_zero_in_the_model_and_the_prior():
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        model.bias.copy_(torch.tensor([5.0, 6.0]))
+    prior = {
+        name: LayerPrior(
+            mean=p.detach().clone() + 0.5, precision=torch.ones_like(p), signal=torch.ones_like(p)
+        )
+        for name, p in model.named_parameters()
+    }
+    prior["weight"].signal = torch.tensor([[0.1, 40.0], [0.9, 31.0]])
+    assert reset_slice_entries(model, prior, None) == 0.0
+    assert float(model.weight[0, 1]) == 2.0
+    assert reset_slice_entries(model, prior, 30.0) == 2 / 6
+    torch.testing.assert_close(model.weight.data, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+    torch.testing.assert_close(prior["weight"].mean, torch.tensor([[1.5, 0.0], [3.5, 0.0]]))
+    torch.testing.assert_close(model.bias.data, torch.tensor([5.0, 6.0]))
+    torch.testing.assert_close(prior["bias"].mean, torch.tensor([5.5, 6.5]))
 
 
 def toy_request(seed=0):

@@ -78,6 +78,34 @@ def test_the_faulty_slice_is_separable_so_uib_takes_an_if_step(patch_bias_runs):
         notes = run["uib_report"].notes
         assert notes["eta_search"][0]["eta"] == 0.0 and notes["eta"] > 0
         assert notes["eta_rule"].startswith("validation")
+        assert "reset_share" not in notes  # the reset is opt-in
+
+
+def test_the_opt_in_reset_zeroes_a_few_slice_only_entries_of_a_systematic_slice_only(digits):
+    for scenario_name, systematic in (("patch-bias", True), ("random", False)):
+        scenario, retain, forget, validation, test, recipe, original = trained_original(
+            digits, scenario_name
+        )
+        model, report = uib.unlearn(
+            original,
+            forget,
+            retain,
+            "uib",
+            {"reset_signal": 30.0, "eta": 1e-3 if not systematic else None},
+            train_config=recipe,
+            validation=validation,
+            seed=0,
+            progress=False,
+        )
+        notes = report.notes
+        if not systematic:  # a step with no systematic verdict resets nothing
+            assert notes["eta"] == 1e-3 and "reset_share" not in notes, notes
+            continue
+        assert notes["regime"]["kind"] == "systematic", notes
+        assert 0 < notes["reset_share"] < 0.05, notes["reset_share"]
+        before = evaluate(original, retain, forget, test, scenario.config)
+        after = evaluate(model, retain, forget, test, scenario.config)
+        assert after.bias_asr < 0.1 and after.TA >= before.TA - 0.02, after
 
 
 def test_a_random_slice_is_scattered_and_already_unseen_so_uib_leaves_the_model_alone(digits):

@@ -28,7 +28,7 @@ from uib.methods.if_step import (
 from uib.methods.step_length import already_unseen, select_eta
 from uib.models import set_training
 from uib.objective import prior_kl, prior_pull
-from uib.prior import LayerPrior, build_prior
+from uib.prior import LayerPrior, build_prior, reset_slice_entries
 from uib.train import batches
 
 
@@ -75,6 +75,15 @@ class UIBConfig(CurvatureConfig):
         "the passes (see uib.methods.forget_hold): it stays where the IF step put it. Off by "
         "default: it brings a fog slice to retrain's level but locks in a step that overshoots "
         "(impulse noise); 10 is the weight measured",
+    )
+    reset_signal: float | None = Field(
+        None,
+        gt=0,
+        description="systematic slices: entries whose shift signal s (mean 1 per block) exceeds "
+        "this are set to 0 after the step and held there, the ones only the slice uses (see "
+        "uib.prior.reset_slice_entries); None: none. Off by default: at 30 it reads a faulty "
+        "source's patched digits as retrain does on MNIST, and costs a fog slice 2–16 pp of "
+        "avg_gap (docs/METHOD.md). Never for scattered records, whose s is a few rows' noise",
     )
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
@@ -240,7 +249,8 @@ def run_uib(
         ctx.notes["passes_run"] = 0
         return model
     passes = config.passes
-    if ctx.notes.get("regime", {}).get("kind") == "scattered":
+    regime = ctx.notes.get("regime", {}).get("kind")
+    if regime == "scattered":
         passes = min(passes, config.scattered_passes)
     with ctx.phase("prior"):
         prior = build_prior(
@@ -258,6 +268,8 @@ def run_uib(
     if mask is not None:
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
+    if regime == "systematic" and config.reset_signal is not None:
+        ctx.notes["reset_share"] = reset_slice_entries(model, prior, config.reset_signal)
     if passes:
         with ctx.phase("optimise"):
             optimise(
