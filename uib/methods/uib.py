@@ -82,8 +82,8 @@ class UIBConfig(CurvatureConfig):
         description="systematic slices: entries whose shift signal s (mean 1 per block) exceeds "
         "this are set to 0 after the step and held there, the ones only the slice uses (see "
         "uib.prior.reset_slice_entries); None: none. Off by default: at 30 it reads a faulty "
-        "source's patched digits as retrain does on MNIST, and costs a fog slice 2–16 pp of "
-        "avg_gap (docs/METHOD.md). Never for scattered records, whose s is a few rows' noise",
+        "source's patched digits as retrain does on MNIST, and moves a fog slice's avg_gap by "
+        "-3 to +16 pp (docs/METHOD.md). Never for scattered records, whose s is a few rows' noise",
     )
     gamma: float = Field(0.1, ge=0, description="weight of the R^(l) term of a uib+X variant")
     saliency: float = Field(0.5, gt=0, le=1, description="uib+salun: fraction of entries that move")
