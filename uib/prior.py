@@ -109,8 +109,8 @@ def reset_slice_entries(
     """Set to 0, in `model` and in the prior's mean, every entry whose shift signal s exceeds
     `threshold` (s has mean 1 per block); return the share of entries reset.
 
-    Such an entry is one the slice leans on far more than the retain data does: a first-layer
-    weight that reads the corner where a faulty source pastes its patch, say. A model that never
+    Such an entry is one the slice leans on far more than the retain data does: a weight that
+    reads the corner where a faulty source pastes its patch, say. A model that never
     saw the slice has no use for it and leaves it near its small initial value, so a patched
     input passes through it unread; the original has trained it, and the IF step, a first-order
     move along the label's evidence, only bends where it sends that input. Measured on MNIST /
@@ -118,7 +118,8 @@ def reset_slice_entries(
     where retrain reads them as 1; with the entries above s = 30 set to 0 (0.7 % of them) the
     slice's kind of input is read as its digit again (slice_acc 0.79 → 0.95). Zero is the point
     with no information, the one weight decay and L1 pull unused weights towards. The hold rule
-    then keeps them there through the passes."""
+    then keeps them there through the passes. Opt-in (`UIBConfig.reset_signal`): on a fog slice
+    the same reset reads the fog better afterwards, away from retrain (docs/METHOD.md)."""
     if threshold is None:
         return 0.0
     reset, total = 0, 0
