@@ -11,9 +11,9 @@ from torch import nn
 
 from tasks.gate_report import GateReport
 from tasks.gates import Evidence, apply_gates
-from tasks.neighbours import neighbour_labels
 from tasks.settings import GateConfig
 from uib.metrics import evaluate, per_sample_loss
+from uib.neighbours import neighbour_labels
 from uib.samples import Samples
 from uib.scenarios import ScenarioConfig
 from uib.train import predict_logits, predict_proba

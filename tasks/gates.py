@@ -50,7 +50,7 @@ class Evidence:
     Correctness vectors are booleans per row, before (original) and after (candidate); losses
     are the candidate's per-sample cross-entropy against each row's label; `forget_pred` is the
     candidate's predicted class of each forgotten sample; `forget_neighbour_y` the majority label
-    of its nearest retained rows (`tasks.neighbours`), None where not gathered.
+    of its nearest retained rows (`uib.neighbours`), None where not gathered.
     """
 
     forget_y: np.ndarray
@@ -262,7 +262,7 @@ def _no_redirect(g: GateInput) -> GateResult | None:
 
     The share of forgotten samples predicted as class j, over classes j other than each
     sample's label and other than the label of its nearest retained rows (a wrongly labelled
-    slice read as what it looks like is forgotten, not moved: `tasks.neighbours`); the largest
+    slice read as what it looks like is forgotten, not moved: `uib.neighbours`); the largest
     one is bounded below (Bonferroni over the classes that could reach the ceiling together).
     Not applicable when the request removes a whole class: its images must then go somewhere.
     """

@@ -118,8 +118,9 @@ def reset_slice_entries(
     where retrain reads them as 1; with the entries above s = 30 set to 0 (0.7 % of them) the
     slice's kind of input is read as its digit again (slice_acc 0.79 → 0.95). Zero is the point
     with no information, the one weight decay and L1 pull unused weights towards. The hold rule
-    then keeps them there through the passes. Opt-in (`UIBConfig.reset_signal`): on a fog slice
-    the same reset reads the fog better afterwards, away from retrain (docs/METHOD.md)."""
+    then keeps them there through the passes. Only for a relabelled slice
+    (`uib.methods.uib.reset_admitted`): on a correctly labelled fog slice the same reset reads
+    the fog better afterwards, away from retrain (docs/METHOD.md)."""
     if threshold is None:
         return 0.0
     reset, total = 0, 0

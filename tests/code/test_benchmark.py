@@ -101,10 +101,11 @@ def test_set_none_clears_a_field_that_may_be_none():
     from flows.cli_library import method_overrides
     from uib import methods
 
-    configs = method_overrides(["uib.stop_at_gap=None", "uib.reset_signal=30"])
+    configs = method_overrides(["uib.stop_at_gap=None", "uib.reset_signal=none"])
     config = methods.get("uib").config_cls.model_validate(configs["uib"])
-    assert config.stop_at_gap is None and config.reset_signal == 30.0
-    assert methods.get("uib").config_cls().stop_at_gap is not None
+    assert config.stop_at_gap is None and config.reset_signal is None
+    defaults = methods.get("uib").config_cls()
+    assert defaults.stop_at_gap is not None and defaults.reset_signal is not None
 
 
 def test_benchmark_cli_names_an_unknown_method(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 
-import tasks.neighbours as neighbours
-from tasks.neighbours import neighbour_labels
+import uib.neighbours as neighbours
+from uib.neighbours import neighbour_labels
 from uib.scenarios import ScenarioConfig, build_scenario, select_forget
 
 

@@ -78,11 +78,17 @@ def test_the_faulty_slice_is_separable_so_uib_takes_an_if_step(patch_bias_runs):
         notes = run["uib_report"].notes
         assert notes["eta_search"][0]["eta"] == 0.0 and notes["eta"] > 0
         assert notes["eta_rule"].startswith("validation")
-        assert "reset_share" not in notes  # the reset is opt-in
+        agreement = notes["label_agreement"]  # patched digits labelled 0 look like their digit
+        assert agreement["forget"] < 0.25 * agreement["held_out"], agreement
+        assert 0 < notes["reset_share"] < 0.05, notes["reset_share"]
 
 
-def test_the_opt_in_reset_zeroes_a_few_slice_only_entries_of_a_systematic_slice_only(digits):
-    for scenario_name, systematic in (("patch-bias", True), ("random", False)):
+def test_the_reset_is_for_a_relabelled_systematic_slice_only(digits):
+    """A faulty source (labels wrong for what the rows look like) is reset; a fogged slice of
+    real digits is systematic too but keeps its labels' look, and is not; a random slice forced
+    into a step is never systematic, and is not either."""
+    cases = (("patch-bias", True, None), ("corruption", False, None), ("random", False, 1e-3))
+    for scenario_name, relabelled, eta in cases:
         scenario, retain, forget, validation, test, recipe, original = trained_original(
             digits, scenario_name
         )
@@ -91,18 +97,23 @@ def test_the_opt_in_reset_zeroes_a_few_slice_only_entries_of_a_systematic_slice_
             forget,
             retain,
             "uib",
-            {"reset_signal": 30.0, "eta": 1e-3 if not systematic else None},
+            {"eta": eta},
             train_config=recipe,
             validation=validation,
             seed=0,
             progress=False,
         )
         notes = report.notes
-        if not systematic:  # a step with no systematic verdict resets nothing
-            assert notes["eta"] == 1e-3 and "reset_share" not in notes, notes
+        if eta is not None:
+            assert notes["eta"] == eta and "reset_share" not in notes, notes
             continue
         assert notes["regime"]["kind"] == "systematic", notes
-        assert 0 < notes["reset_share"] < 0.05, notes["reset_share"]
+        agreement = notes["label_agreement"]
+        assert agreement["held_out"] > 0.9, agreement
+        if not relabelled:
+            assert agreement["forget"] > 0.3 and "reset_share" not in notes, notes
+            continue
+        assert agreement["forget"] < 0.05 and 0 < notes["reset_share"] < 0.05, notes
         before = evaluate(original, retain, forget, test, scenario.config)
         after = evaluate(model, retain, forget, test, scenario.config)
         assert after.bias_asr < 0.1 and after.TA >= before.TA - 0.02, after
