@@ -61,9 +61,10 @@ class LabelAgreement(BaseModel):
     held_out: float
     rows: int
 
-    def relabelled(self, ratio: float) -> bool:
-        """Fewer than `ratio` × the held-out share of forget rows look like their label."""
-        return self.forget < ratio * self.held_out
+    @property
+    def share(self) -> float:
+        """The forget rows' agreement as a share of the held-out rows' (1: read alike)."""
+        return self.forget / self.held_out if self.held_out else 0.0
 
 
 Rows = tuple[torch.Tensor, torch.Tensor]

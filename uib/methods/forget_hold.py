@@ -1,5 +1,5 @@
-"""The hold on the forget set during UIB's passes (`forget_hold`, off by default): the step
-decides how much is forgotten, the passes only win back what it cost everything else.
+"""The hold on the forget set during UIB's passes (`forget_hold`): the step decides how much
+is forgotten, the passes only win back what it cost everything else.
 
 The passes train on retained rows to repair what the IF step damaged. Without a hold they also
 repair the forgotten slice wherever it is read through features the retained data shares.
@@ -8,11 +8,14 @@ accuracy (UA 0.49 against retrain's 0.53) at a cost of 13 pp of test accuracy; e
 restored the test accuracy *and* the fog (UA 0.24, avg_gap 12.2 pp). Held, they restore the
 first and not the second (UA 0.50, avg_gap 2.7 pp; seeds 1–3: mean avg_gap 17.0 → 4.1 pp).
 
-It is off by default because it is only as right as the step. On MNIST / impulse noise the
-knee's step overshoots (retrain still reads 83–86 % of the noisy digits; the step reads 9–15 %
-of them), and held there the result is far worse than the passes' win-back: avg_gap 8.4 → 34.5
-and 3.2 → 35.3 pp on seeds 2 and 3 (a shorter step, η at the knee itself, still overshoots:
-UA 0.34 against 0.17). No validation-only signal tells the two apart yet (docs/METHOD.md).
+It is only as right as the step, so UIB holds only the slices `UIBConfig.hold_rule` admits. On
+MNIST / impulse noise the knee's step overshoots (retrain still reads 83–86 % of the noisy
+digits; the step reads 9–15 % of them), and held there the result is far worse than the
+passes' win-back: avg_gap 8.4 → 34.5 and 3.2 → 35.3 pp on seeds 2 and 3; glass blur (never
+tuned on) likewise, 5.6 → 42.2 pp on seed 1. What tells a fog from these without a retrained
+model is how often the slice's rows look like their labels to their nearest retained rows
+against how often held-out rows do (`uib.methods.uib.slice_agreement`): 0.66–0.73 of held-out
+rows' agreement for fog, 0.89–1.03 for impulse noise, glass blur, shot noise and spatter.
 
 The hold is `weight` · (mean p(y | x) over a forget batch − the same rows' mean at the step)²,
 the forward pass in eval mode. Against what else was tried:

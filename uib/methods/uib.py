@@ -27,7 +27,7 @@ from uib.methods.if_step import (
 )
 from uib.methods.step_length import already_unseen, select_eta
 from uib.models import set_training
-from uib.neighbours import label_agreement
+from uib.neighbours import LabelAgreement, label_agreement
 from uib.objective import prior_kl, prior_pull
 from uib.prior import LayerPrior, build_prior, reset_slice_entries
 from uib.train import batches
@@ -70,12 +70,27 @@ class UIBConfig(CurvatureConfig):
         "on a ResNet-18 cost 17 pp of test accuracy (docs/METHOD.md)",
     )
     forget_hold: float = Field(
-        0.0,
+        10.0,
         ge=0,
         description="weight of the hold on the forget set's mean confidence in its labels during "
-        "the passes (see uib.methods.forget_hold): it stays where the IF step put it. Off by "
-        "default: it brings a fog slice to retrain's level but locks in a step that overshoots "
-        "(impulse noise); 10 is the weight measured",
+        "the passes (see uib.methods.forget_hold): it stays where the IF step put it, on the "
+        "slices `hold_rule` admits; 0: never",
+    )
+    hold_rule: Literal["unreadable", "always"] = Field(
+        "unreadable",
+        description="unreadable: hold a systematic slice whose rows keep their labels' look but "
+        "are read off their nearest retained rows far less often than held-out rows (a fog): a "
+        "model that never saw it reads it poorly, so the step's removal is what retrain does and "
+        "the passes' win-back is the error. A slice read nearly like held-out rows (impulse "
+        "noise) is not held: there the knee's step overshoots and the passes repair it "
+        "(docs/METHOD.md). always: every step",
+    )
+    unreadable_ratio: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="unreadable: fewer than this × the held-out rows' share of forget rows have "
+        "nearest retained rows of their own label (and not so few that it is relabelled)",
     )
     reset_signal: float | None = Field(
         30.0,
@@ -230,24 +245,26 @@ def optimise(
     ctx.losses.update({k: v for k, v in ctx.loss_curve[-1].items() if k != "epoch"})
 
 
-def reset_admitted(ctx: UnlearnContext, config: UIBConfig) -> bool:
-    """Whether `reset_rule` admits the reset for this forget set; the label agreement it read
-    goes to the notes.
+def slice_agreement(ctx: UnlearnContext, config: UIBConfig) -> LabelAgreement | None:
+    """How often the forget rows, against held-out rows, look like their own label to their
+    nearest retained rows (`uib.neighbours`): read once per request, kept in the notes. Retained
+    rows never include the slice, so they answer as a learner that never saw it would.
 
-    The reset helps where the slice's labels are wrong for what its rows look like: a faulty
-    source's patched digits labelled 0, whose patch the original reads through entries the
-    slice alone trained and which the IF step, a first-order move along the label's evidence,
-    bends to another class instead of emptying. Where the labels are right (a fogged or noisy
-    slice of real digits), the same entries carry evidence for the right class that a model
-    which never saw the slice partly rebuilds from clean digits, and zeroing them moved the
-    fog slice away from retrain. Measured (MNIST seeds 0–3, digits seeds 0–2): the faulty
-    source's rows agree with their retained neighbours' label 0–0.5 % of the time, fogged
-    rows 35–47 % (digits) and 65–67 % (MNIST), impulse-noised rows 95 %; `relabelled_ratio`
-    0.25 of the held-out rows' agreement sits between the two kinds with room on both sides."""
-    if config.reset_rule == "always":
-        return True
+    It tells apart three kinds of systematic slice. A faulty source's rows are *relabelled*
+    (patched digits labelled 0 look like their own digit): the entries only the slice uses are
+    reset. A corrupted slice of real digits whose rows still look like their labels far less
+    often than held-out rows (a fog) is *unreadable*: a model that never saw it reads it
+    poorly, so the IF step's removal is right and the passes, which read it through the
+    features they repair, must not win it back (`forget_hold`). A corruption read nearly like
+    held-out rows (impulse noise) gets neither. Measured share of the held-out rows' agreement
+    (MNIST seeds 0–3 / digits seeds 0–2): faulty source 0–0.01, fog 0.66–0.73 / 0.36–0.48,
+    impulse noise 0.97–1.03 / 0.89–0.95; `relabelled_ratio` 0.25 and `unreadable_ratio` 0.8
+    sit between them (docs/METHOD.md)."""
+    if "label_agreement" in ctx.notes:
+        found = ctx.notes["label_agreement"]
+        return LabelAgreement(**found) if found else None
     if ctx.val_x is None or ctx.val_y is None:
-        return False
+        return None
     agreement = label_agreement(
         (ctx.retain_x, ctx.retain_y),
         (ctx.forget_x, ctx.forget_y),
@@ -256,7 +273,28 @@ def reset_admitted(ctx: UnlearnContext, config: UIBConfig) -> bool:
         ctx.generator(offset=41),
     )
     ctx.notes["label_agreement"] = agreement.model_dump() if agreement else None
-    return agreement is not None and agreement.relabelled(config.relabelled_ratio)
+    return agreement
+
+
+def reset_admitted(ctx: UnlearnContext, config: UIBConfig) -> bool:
+    """Whether `reset_rule` admits the reset of the slice-only entries for a systematic slice."""
+    if config.reset_signal is None:
+        return False
+    if config.reset_rule == "always":
+        return True
+    agreement = slice_agreement(ctx, config)
+    return agreement is not None and agreement.share < config.relabelled_ratio
+
+
+def hold_weight(ctx: UnlearnContext, config: UIBConfig) -> float:
+    """`forget_hold` where `hold_rule` admits the hold for a systematic slice, else 0."""
+    if config.forget_hold == 0 or config.hold_rule == "always":
+        return config.forget_hold
+    agreement = slice_agreement(ctx, config)
+    if agreement is None:
+        return 0.0
+    unreadable = config.relabelled_ratio <= agreement.share < config.unreadable_ratio
+    return config.forget_hold if unreadable else 0.0
 
 
 def run_uib(
@@ -312,8 +350,14 @@ def run_uib(
     if mask is not None:
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
-    if regime == "systematic" and config.reset_signal is not None and reset_admitted(ctx, config):
-        ctx.notes["reset_share"] = reset_slice_entries(model, prior, config.reset_signal)
+    hold = 0.0
+    if regime == "systematic":
+        if reset_admitted(ctx, config):
+            ctx.notes["reset_share"] = reset_slice_entries(model, prior, config.reset_signal)
+        hold = hold_weight(ctx, config)
+    elif config.hold_rule == "always":
+        hold = config.forget_hold
+    ctx.notes["forget_hold"] = hold
     if passes:
         with ctx.phase("optimise"):
             optimise(
@@ -326,7 +370,7 @@ def run_uib(
                 variant,
                 mask,
                 stop,
-                ForgetHold.after_step(model, ctx, config.forget_hold),
+                ForgetHold.after_step(model, ctx, hold),
             )
     with torch.no_grad():
         params = {k: p for k, p in model.named_parameters() if k in prior}
