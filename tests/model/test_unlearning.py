@@ -6,7 +6,7 @@ import torch
 
 import uib
 from uib import methods
-from uib.metrics import evaluate
+from uib.metrics import avg_gap, evaluate
 from uib.models import build_model
 from uib.samples import split_validation
 from uib.scenarios import ScenarioConfig, build_scenario
@@ -134,6 +134,37 @@ def test_the_reset_and_the_hold_each_go_to_their_kind_of_slice_only(digits):
             assert 0.3 < share < 0.6, agreement
         else:
             assert share > 0.85, agreement
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_uib_forgets_a_fogged_slice_about_as_far_as_retrain_does(digits, seed):
+    """A fog (an outdated source, correctly labelled) is read by retrain at about 22 %, by the
+    original at 60–66 %; UIB lands within 10 pp of retrain on the slice and closes more than
+    half of the original's avg_gap (measured: 5.7 and 3.9 pp of 14.9 and 16.5). Seed 0 is left
+    out: every step there sends the fogged rows to one class (docs/METHOD.md, "What is not
+    solved yet")."""
+    scenario, retain, forget, validation, test, recipe, original = trained_original(
+        digits, "corruption", seed
+    )
+    measured = {"original": evaluate(original, retain, forget, test, scenario.config, seed=seed)}
+    for method in ("retrain", "uib"):
+        model, _ = uib.unlearn(
+            original,
+            forget,
+            retain,
+            method,
+            train_config=recipe,
+            validation=validation,
+            seed=seed,
+            progress=False,
+        )
+        measured[method] = evaluate(model, retain, forget, test, scenario.config, seed=seed)
+    reference = measured["retrain"].model_dump()
+    gap = {k: avg_gap(m.model_dump(), reference) for k, m in measured.items()}
+    ours, theirs = measured["uib"], measured["retrain"]
+    assert abs(ours.UA - theirs.UA) < 0.1, (ours, theirs)
+    assert gap["uib"] < 0.5 * gap["original"], gap
+    assert ours.TA >= measured["original"].TA - 0.02, ours
 
 
 def test_a_random_slice_is_scattered_and_already_unseen_so_uib_leaves_the_model_alone(digits):
