@@ -65,6 +65,7 @@ class Attempt(BaseModel):
     run_id: str
     gates: GateReport
     unlearn_time_s: float | None = None
+    decision: str = ""
 
 
 def attempt_plan(settings: Settings) -> list[Settings]:
@@ -172,6 +173,7 @@ def run_attempt(job: Job, settings: Settings, fallback_for: str | None) -> Attem
         run_id=run_id,
         gates=gates,
         unlearn_time_s=report.time_s,
+        decision=report.decision(),
     )
 
 

@@ -62,6 +62,7 @@ class Outcome(BaseModel):
     unlearn_time_s: float | None = None
     duplicate: bool = False
     method: str | None = None
+    decision: str = Field("", description="how the method treated the forget set (UnlearnReport)")
     fallback_for: str | None = Field(
         None, description="the rejected version the exact fallback (`retrain`) stands in for"
     )
@@ -182,6 +183,8 @@ def outcome_details(outcome: Outcome) -> list[str]:
         )
     if outcome.n_forgotten is not None:
         lines.append(f"removed: {outcome.n_forgotten} samples" + outcome.already_erased_note())
+    if outcome.decision:
+        lines.append(f"{outcome.method}: {outcome.decision}")
     return [
         *lines,
         *([outcome.note] if outcome.note else []),

@@ -190,6 +190,7 @@ def conclude(
         audit_path=audit_file,
         unlearn_time_s=final.unlearn_time_s,
         method=final.method,
+        decision=final.decision,
         fallback_for=fallback.model_version if fallback else None,
         note=note,
         **review_links(job.settings, final.model_version, job.n_forget),

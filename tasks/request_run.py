@@ -53,6 +53,8 @@ def log_request_run(
 ) -> None:
     """Params, metrics, reports and figures of one request, in the active run."""
     mlflow.set_tags({"request_id": request.request_id, "reason": request.reason})
+    if decision := report.decision():
+        mlflow.set_tag("decision", decision)
     mlflow.log_params(
         {"method": report.method, **{f"{report.method}.{k}": v for k, v in report.config.items()}}
     )

@@ -31,6 +31,29 @@ class UnlearnReport(BaseModel):
     peak_memory_mb: float | None = None
     notes: dict = {}
 
+    def decision(self) -> str:
+        """How the method treated the forget set, in one line a reviewer reads (the regime, the
+        neighbours' reading, the step, the reset, the hold, the passes); '' where the method
+        records none of it."""
+        notes, parts = self.notes, []
+        if regime := notes.get("regime"):
+            parts.append(f"{regime['kind']} forget set")
+        if agreement := notes.get("label_agreement"):
+            parts.append(
+                f"{agreement['forget']:.0%} of its rows look like their label to their nearest "
+                f"retained rows ({agreement['held_out']:.0%} of held-out rows)"
+            )
+        if "eta" in notes:
+            parts.append(f"IF step η = {notes['eta']:.3g}" if notes["eta"] else "no IF step")
+        if "reset_share" in notes:
+            parts.append(f"{notes['reset_share']:.1%} of entries, the slice's own, reset")
+        if notes.get("forget_hold"):
+            parts.append("the forget set held where the step left it")
+        if "passes_run" in notes:
+            n = notes["passes_run"]
+            parts.append(f"{n} pass{'' if n == 1 else 'es'}")
+        return "; ".join(parts)
+
 
 def check_request(
     model: nn.Module,

@@ -63,6 +63,32 @@ def test_report_has_every_loss_term_param_shift_and_phase_times(model):
     )
 
 
+def test_the_report_says_in_one_line_how_the_forget_set_was_treated(model):
+    retain, forget = toy().split_off([f"s-{i:04d}" for i in range(20)])
+    _, report = uib.unlearn(
+        model, forget, retain, "uib", {"eta": 0.01, "passes": 1}, progress=False
+    )
+    assert report.decision() == "IF step η = 0.01; 1 pass", report.notes
+    _, report = uib.unlearn(model, forget, retain, "finetune", progress=False)
+    assert report.decision() == ""
+    held = report.model_copy(
+        update={
+            "notes": {
+                "regime": {"kind": "systematic"},
+                "label_agreement": {"forget": 0.62, "held_out": 0.96, "rows": 250},
+                "eta": 4e-05,
+                "forget_hold": 10.0,
+                "passes_run": 6,
+            }
+        }
+    )
+    assert held.decision() == (
+        "systematic forget set; 62% of its rows look like their label to their nearest "
+        "retained rows (96% of held-out rows); IF step η = 4e-05; the forget set held where "
+        "the step left it; 6 passes"
+    )
+
+
 def test_unknown_method_is_named(model):
     retain, forget = toy().split_off(["s-0001"])
     with pytest.raises(ValueError, match="unknown unlearning method 'forget-it'.*uib"):

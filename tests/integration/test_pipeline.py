@@ -141,6 +141,11 @@ def test_approved_request_moves_the_champion_records_everything_and_runs_once(ho
     assert "**approved**" in outcome_md and "| bias_asr |" in outcome_md
     assert "MLflow: [model version 2](http://127.0.0.1:5000/#/models/" in outcome_md
     assert "removed: 123 samples" in outcome_md and "Next step" not in outcome_md
+    # what UIB decided about the slice: a faulty source, relabelled, so its own entries reset
+    decision = client.get_run(version.run_id).data.tags["decision"]
+    assert decision.startswith("systematic forget set; 0% of its rows look like their label")
+    assert "of entries, the slice's own, reset" in decision and "held where" not in decision
+    assert f"uib: {decision}" in outcome_md
     assert "Data shift validation passed" in Artifact.get("shift-remove-faulty").data
     assert not (home.results_dir / "remove-faulty").exists()
 
