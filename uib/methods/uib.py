@@ -247,8 +247,8 @@ def optimise(
 
 def slice_agreement(ctx: UnlearnContext, config: UIBConfig) -> LabelAgreement | None:
     """How often the forget rows, against held-out rows, look like their own label to their
-    nearest retained rows (`uib.neighbours`): read once per request, kept in the notes. Retained
-    rows never include the slice, so they answer as a learner that never saw it would.
+    nearest retained rows (`uib.neighbours`), recorded in the notes. Retained rows never include
+    the slice, so they answer as a learner that never saw it would.
 
     It tells apart three kinds of systematic slice. A faulty source's rows are *relabelled*
     (patched digits labelled 0 look like their own digit): the entries only the slice uses are
@@ -260,9 +260,6 @@ def slice_agreement(ctx: UnlearnContext, config: UIBConfig) -> LabelAgreement | 
     (MNIST seeds 0–3 / digits seeds 0–2): faulty source 0–0.01, fog 0.66–0.73 / 0.36–0.48,
     impulse noise 0.97–1.03 / 0.89–0.95; `relabelled_ratio` 0.25 and `unreadable_ratio` 0.8
     sit between them (docs/METHOD.md)."""
-    if "label_agreement" in ctx.notes:
-        found = ctx.notes["label_agreement"]
-        return LabelAgreement(**found) if found else None
     if ctx.val_x is None or ctx.val_y is None:
         return None
     agreement = label_agreement(
@@ -276,24 +273,23 @@ def slice_agreement(ctx: UnlearnContext, config: UIBConfig) -> LabelAgreement | 
     return agreement
 
 
-def reset_admitted(ctx: UnlearnContext, config: UIBConfig) -> bool:
+def reset_admitted(agreement: LabelAgreement | None, config: UIBConfig) -> bool:
     """Whether `reset_rule` admits the reset of the slice-only entries for a systematic slice."""
     if config.reset_signal is None:
         return False
     if config.reset_rule == "always":
         return True
-    agreement = slice_agreement(ctx, config)
     return agreement is not None and agreement.share < config.relabelled_ratio
 
 
-def hold_weight(ctx: UnlearnContext, config: UIBConfig) -> float:
+def hold_weight(agreement: LabelAgreement | None, config: UIBConfig) -> float:
     """`forget_hold` where `hold_rule` admits the hold for a systematic slice, else 0."""
-    if config.forget_hold == 0 or config.hold_rule == "always":
+    if config.hold_rule == "always":
         return config.forget_hold
-    agreement = slice_agreement(ctx, config)
-    if agreement is None:
-        return 0.0
-    unreadable = config.relabelled_ratio <= agreement.share < config.unreadable_ratio
+    unreadable = (
+        agreement is not None
+        and config.relabelled_ratio <= agreement.share < config.unreadable_ratio
+    )
     return config.forget_hold if unreadable else 0.0
 
 
@@ -350,13 +346,12 @@ def run_uib(
     if mask is not None:
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
-    hold = 0.0
+    hold = config.forget_hold if config.hold_rule == "always" else 0.0
     if regime == "systematic":
-        if reset_admitted(ctx, config):
+        agreement = slice_agreement(ctx, config)
+        if reset_admitted(agreement, config):
             ctx.notes["reset_share"] = reset_slice_entries(model, prior, config.reset_signal)
-        hold = hold_weight(ctx, config)
-    elif config.hold_rule == "always":
-        hold = config.forget_hold
+        hold = hold_weight(agreement, config)
     ctx.notes["forget_hold"] = hold
     if passes:
         with ctx.phase("optimise"):
