@@ -4,9 +4,11 @@ Two readers ask it. The pipeline's `no_redirect` gate asks whether a forgotten s
 onto a class its inputs do not support. A slice whose labels were wrong (part of a faulty
 source: patched 6s labelled 0) is forgotten correctly when its rows are read as 6 again —
 retrain reads them so — and a gate that counts every prediction other than the label as a
-redirect fails retrain itself there. UIB asks whether a forget set is *relabelled* — most of its
-rows look like another class than their label — before it resets the entries only the slice
-uses (`uib.prior.reset_slice_entries`). The retained rows closest in input space say which class
+redirect fails retrain itself there. UIB asks how often a systematic forget set's rows look like
+their label, against held-out rows (`uib.methods.uib.slice_agreement`): a *relabelled* slice
+(most rows look like another class) has the entries only it uses reset
+(`uib.prior.reset_slice_entries`); an *unreadable* one (rows that look like their label far less
+often than held-out rows: a fog) is held where the IF step left it (`forget_hold`). The retained rows closest in input space say which class
 an input looks like without asking any model, so neither the candidate nor the shortcut it may
 carry decides it. Where input distance means little (features on unrelated scales), neighbours
 rarely agree with any label: the gate then stays as strict as without them, and the agreement

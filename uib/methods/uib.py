@@ -283,7 +283,8 @@ def reset_admitted(agreement: LabelAgreement | None, config: UIBConfig) -> bool:
 
 
 def hold_weight(agreement: LabelAgreement | None, config: UIBConfig) -> float:
-    """`forget_hold` where `hold_rule` admits the hold for a systematic slice, else 0."""
+    """`forget_hold` where `hold_rule` admits the hold, else 0; `agreement` is None for a slice
+    that is not systematic, which only `always` holds."""
     if config.hold_rule == "always":
         return config.forget_hold
     unreadable = (
@@ -346,12 +347,12 @@ def run_uib(
     if mask is not None:
         for name, p in prior.items():
             p.mean = torch.where(mask[name].bool(), p.mean, curv.theta0[name])
-    hold = config.forget_hold if config.hold_rule == "always" else 0.0
+    agreement = None
     if regime == "systematic":
         agreement = slice_agreement(ctx, config)
         if reset_admitted(agreement, config):
             ctx.notes["reset_share"] = reset_slice_entries(model, prior, config.reset_signal)
-        hold = hold_weight(agreement, config)
+    hold = hold_weight(agreement, config)
     ctx.notes["forget_hold"] = hold
     if passes:
         with ctx.phase("optimise"):
