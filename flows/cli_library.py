@@ -143,11 +143,21 @@ def tune(
     scenarios: str = typer.Option(
         "patch-bias,class,random,corruption", help="comma-separated scenarios to tune on"
     ),
+    grow_rounds: int | None = typer.Option(
+        None,
+        min=0,
+        help="rounds that grow a grid one step beyond a winner at its edge; 0: the grid alone "
+        "(default: uib.tuning.GROW_ROUNDS)",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="keep the points an earlier run wrote to OUT/tuning.csv"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("runs/tuning"), help="output directory"),
 ) -> None:
     """Tune the baselines as UIB was tuned: each method's grid on the tuning seeds and scenarios,
-    the lowest mean avg_gap wins; writes tuning.csv and best.json."""
+    the lowest mean avg_gap wins, and a grid grows where its winner sits at an edge; writes
+    tuning.csv and best.json."""
     from uib.samples import DataError
     from uib.tuning import TUNING_GRIDS, TuningConfig, run_tuning
 
@@ -159,7 +169,9 @@ def tune(
             data_dir=str(data_dir) if data_dir else None,
             seeds=parse_counts(seeds, "--seeds"),
             scenarios=csv_list(scenarios),
+            resume=resume,
             device=device,
+            **({} if grow_rounds is None else {"grow_rounds": grow_rounds}),
         )
         best = run_tuning(config, out)
     except (DataError, ValueError) as error:

@@ -55,8 +55,8 @@ def retrain(model: nn.Module, ctx: UnlearnContext, config: RetrainConfig) -> nn.
 
 
 class FinetuneConfig(MethodConfig):
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(3e-2, gt=0)
     batch_size: int = Field(128, ge=1)
 
 
@@ -115,8 +115,8 @@ def neggrad_plus(model: nn.Module, ctx: UnlearnContext, config: NegGradPlusConfi
 
 
 class RandomLabelConfig(MethodConfig):
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-2, gt=0)
     batch_size: int = Field(128, ge=1)
 
 
@@ -174,8 +174,8 @@ def scrub(model: nn.Module, ctx: UnlearnContext, config: ScrubConfig) -> nn.Modu
 
 
 class SalUnConfig(MethodConfig):
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-2, gt=0)
     batch_size: int = Field(128, ge=1)
     saliency: float = Field(0.5, gt=0, le=1, description="fraction of weights allowed to move")
 
@@ -241,8 +241,8 @@ def ssd(model: nn.Module, ctx: UnlearnContext, config: SSDConfig) -> nn.Module:
 
 
 class L1SparseConfig(MethodConfig):
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(3e-2, gt=0)
     batch_size: int = Field(128, ge=1)
     l1: float = Field(5e-5, ge=0, description="initial L1 weight, decayed linearly to 0")
 
