@@ -22,16 +22,21 @@ RESULTS = Path(__file__).parents[2] / "docs" / "results"
 RECORDED = RESULTS / "tuning-digits" / "best.json"
 
 
-def test_a_tuning_run_keeps_the_configuration_with_the_lowest_mean_avg_gap(tmp_path):
-    grids = {"finetune": {"lr": [1e-4, 3e-3], "epochs": [1, 3]}}
-    config = TuningConfig(
+def finetune_on_one_run(grids: dict, grow_rounds: int) -> TuningConfig:
+    """finetune's `grids` on digits patch-bias, seed 0: one original and one retrain."""
+    return TuningConfig(
         methods=["finetune"],
         grids=grids,
         scenarios=["patch-bias"],
         seeds=[0],
-        grow_rounds=0,
+        grow_rounds=grow_rounds,
         progress=False,
     )
+
+
+def test_a_tuning_run_keeps_the_configuration_with_the_lowest_mean_avg_gap(tmp_path):
+    grids = {"finetune": {"lr": [1e-4, 3e-3], "epochs": [1, 3]}}
+    config = finetune_on_one_run(grids, grow_rounds=0)
     best = run_tuning(config, tmp_path)
     table = pd.read_csv(tmp_path / "tuning.csv")
     assert len(table) == len(grid_points("finetune", grids)) == 4
@@ -73,14 +78,7 @@ def test_a_grid_grows_one_ladder_step_beyond_each_edge_its_winner_sits_on():
 
 def test_a_tuning_run_grows_its_grid_and_a_resumed_run_keeps_every_point_it_finds(tmp_path):
     grids = {"finetune": {"lr": [1e-3], "epochs": [1]}}
-    config = TuningConfig(
-        methods=["finetune"],
-        grids=grids,
-        scenarios=["patch-bias"],
-        seeds=[0],
-        grow_rounds=1,
-        progress=False,
-    )
+    config = finetune_on_one_run(grids, grow_rounds=1)
     run_tuning(config, tmp_path)
     table = pd.read_csv(tmp_path / "tuning.csv")
     grown = [json.loads(c) for c in table.loc[table["round"] == 1, "config"]]
