@@ -207,8 +207,14 @@ def earlier_rows(path: Path, dataset: str) -> list[dict]:
     return table.to_dict("records")
 
 
-def key(method: str, config: str, scenario: str, seed: int) -> tuple:
-    return method, config, scenario, int(seed)
+def config_text(fields: dict) -> str:
+    """A configuration as `tuning.csv` stores it."""
+    return json.dumps(fields, sort_keys=True)
+
+
+def row_key(row: dict) -> tuple[str, str, str, int]:
+    """(method, config, scenario, seed): what makes a row of `tuning.csv` one measurement."""
+    return row["method"], row["config"], row["scenario"], int(row["seed"])
 
 
 def run_tuning(config: TuningConfig, out: Path | str) -> pd.DataFrame:
@@ -231,32 +237,34 @@ def run_tuning(config: TuningConfig, out: Path | str) -> pd.DataFrame:
     below = {"epochs": TrainConfig.for_dataset(dataset.name).epochs}
     measurers: dict[tuple, Callable[[str, dict], dict]] = {}
     for round_ in range(config.grow_rounds + 1):
-        done = {key(r["method"], r["config"], r["scenario"], r["seed"]) for r in rows}
-        todo = [
-            (job, name, fields)
+        wanted = [
+            (name, config_text(fields), *job)
             for job in jobs
             for name in config.methods
             for fields in points[name]
-            if key(name, json.dumps(fields, sort_keys=True), *job) not in done
         ]
-        for job, name, fields in tqdm(
+        done = {row_key(r) for r in rows}
+        todo = [k for k in wanted if k not in done]
+        for name, text, scenario, seed in tqdm(
             todo, desc=f"tune, round {round_}", disable=not config.progress
         ):
+            job = (scenario, seed)
             if job not in measurers:
                 measurers[job] = measurer(config, *job, dataset)
             rows.append(
                 {
                     "dataset": dataset.name,
                     "method": name,
-                    "config": json.dumps(fields, sort_keys=True),
-                    "scenario": job[0],
-                    "seed": job[1],
-                    **measurers[job](name, fields),
+                    "config": text,
+                    "scenario": scenario,
+                    "seed": seed,
+                    **measurers[job](name, json.loads(text)),
                     "round": round_,
                 }
             )
             pd.DataFrame(rows).to_csv(out / "tuning.csv", index=False)
-        best = best_configs(this_runs(pd.DataFrame(rows), points, jobs))
+        ours = set(wanted)  # a resumed file may hold other methods, points, scenarios or seeds
+        best = best_configs(pd.DataFrame([r for r in rows if row_key(r) in ours]))
         grown = {
             r.method: outward_neighbours(json.loads(r.config), points[r.method], below)
             for r in best.itertuples()
@@ -268,18 +276,6 @@ def run_tuning(config: TuningConfig, out: Path | str) -> pd.DataFrame:
         for name, new in grown.items():
             points[name] += new
     return best
-
-
-def this_runs(results: pd.DataFrame, points: dict[str, list[dict]], jobs: list) -> pd.DataFrame:
-    """The rows of this run's methods, points, scenarios and seeds (a resumed file holds more)."""
-    wanted = {
-        key(name, json.dumps(fields, sort_keys=True), *job)
-        for name, fields_list in points.items()
-        for fields in fields_list
-        for job in jobs
-    }
-    keys = [key(*r) for r in results[["method", "config", "scenario", "seed"]].itertuples(False)]
-    return results[[k in wanted for k in keys]]
 
 
 def write_best(out: Path, config: TuningConfig, seeds: list[int], best: pd.DataFrame) -> None:

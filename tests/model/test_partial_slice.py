@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_unlearning import trained_original
+from unlearning_runs import retrain_and_uib
 
 import uib
 from tasks.evaluation import evaluate_candidate
@@ -44,19 +45,9 @@ def test_a_partial_faulty_slice_is_scattered_among_its_siblings(patch_bias, labe
     scenario, validation, test, recipe, original = patch_bias
     data = scenario.dataset
     retain, forget = data.train.split_off(faulty_ids(data.manifest, labels))
-    models, reports = {}, {}
-    for method in ("retrain", "uib"):
-        models[method], reports[method] = uib.unlearn(
-            original,
-            forget,
-            retain,
-            method,
-            train_config=recipe,
-            validation=validation,
-            seed=SEED,
-            progress=False,
-        )
-    regime = reports["uib"].notes["regime"]
+    runs = retrain_and_uib(original, forget, retain, recipe, validation, SEED)
+    models = {method: model for method, (model, _) in runs.items()}
+    regime = runs["uib"][1].notes["regime"]
     assert regime["kind"] == "scattered", regime
     assert regime["siblings"] >= len(forget) and "siblings" in regime["reason"], regime
     # not the whole patched source: the flow's patch_bias flag is off

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_unlearning import SEEDS, trained_original
+from unlearning_runs import retrain_and_uib
 
 import uib
 from uib.metrics import evaluate
@@ -38,19 +39,9 @@ def test_a_few_records_are_forgotten_as_retrain_forgets_them(pipeline_original, 
     ids = rng.choice(manifest["sample_id"].to_numpy(dtype=str), size=count, replace=False)
     retain, forget = dataset.train.split_off(ids)
     before = evaluate(original, retain, forget, test)
-    models = {}
-    for method in ("retrain", "uib"):
-        models[method], report = uib.unlearn(
-            original,
-            forget,
-            retain,
-            method,
-            train_config=recipe,
-            validation=validation,
-            seed=seed,
-            progress=False,
-        )
-    notes = report.notes
+    runs = retrain_and_uib(original, forget, retain, recipe, validation, seed)
+    models = {method: model for method, (model, _) in runs.items()}
+    notes = runs["uib"][1].notes
     assert notes["regime"]["kind"] == "scattered", notes["regime"]
     after = evaluate(models["uib"], retain, forget, test)
     assert after.TA >= before.TA - 0.003, (

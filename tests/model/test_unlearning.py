@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from unlearning_runs import retrain_and_uib
 
 import uib
 from uib import methods
@@ -38,17 +39,8 @@ def original_retrain_and_uib(digits, scenario_name: str, seed: int) -> dict:
         digits, scenario_name, seed
     )
     result = {"original": evaluate(original, retain, forget, test, scenario.config, seed=seed)}
-    for method in ("retrain", "uib"):
-        model, report = uib.unlearn(
-            original,
-            forget,
-            retain,
-            method,
-            train_config=recipe,
-            validation=validation,
-            seed=seed,
-            progress=False,
-        )
+    runs = retrain_and_uib(original, forget, retain, recipe, validation, seed)
+    for method, (model, report) in runs.items():
         result[method] = evaluate(model, retain, forget, test, scenario.config, seed=seed)
         result[f"{method}_report"] = report
     return result
