@@ -194,27 +194,34 @@ def best_configs(results: pd.DataFrame) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
-def earlier_rows(path: Path, dataset: str) -> list[dict]:
-    """The rows of an earlier run's tuning.csv, refused if they tuned another data set."""
-    if not path.exists():
-        return []
-    table = pd.read_csv(path)
-    if "dataset" not in table:
-        raise ValueError(f"--resume: {path} has no dataset column; it cannot be resumed")
-    others = sorted(set(table["dataset"]) - {dataset})
-    if others:
-        raise ValueError(f"--resume: {path} tuned {others}, this run tunes {dataset!r}")
-    return table.to_dict("records")
-
-
 def config_text(fields: dict) -> str:
     """A configuration as `tuning.csv` stores it."""
     return json.dumps(fields, sort_keys=True)
 
 
+ROW_KEY = ("method", "config", "scenario", "seed")
+"""What makes a row of `tuning.csv` one measurement."""
+
+
 def row_key(row: dict) -> tuple[str, str, str, int]:
-    """(method, config, scenario, seed): what makes a row of `tuning.csv` one measurement."""
     return row["method"], row["config"], row["scenario"], int(row["seed"])
+
+
+def earlier_rows(path: Path, dataset: str) -> list[dict]:
+    """The rows of an earlier run's tuning.csv, refused if they tuned another data set."""
+    if not path.exists():
+        return []
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"--resume: {path} is no tuning.csv ({error})") from None
+    missing = sorted({"dataset", "avg_gap", *ROW_KEY} - set(table))
+    if missing:
+        raise ValueError(f"--resume: {path} has no {missing} column; it cannot be resumed")
+    others = sorted(set(table["dataset"]) - {dataset})
+    if others:
+        raise ValueError(f"--resume: {path} tuned {others}, this run tunes {dataset!r}")
+    return table.to_dict("records")
 
 
 def run_tuning(config: TuningConfig, out: Path | str) -> pd.DataFrame:

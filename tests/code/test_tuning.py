@@ -106,6 +106,12 @@ def test_a_resumed_run_refuses_the_rows_of_another_data_set_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"tuned \['mnist'\], this run tunes 'digits'"):
         run_tuning(config, tmp_path)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tuning.csv"), recorded)
+    recorded.drop(columns="seed").to_csv(tmp_path / "tuning.csv", index=False)
+    with pytest.raises(ValueError, match=r"has no \['seed'\] column"):
+        run_tuning(config, tmp_path)
+    (tmp_path / "tuning.csv").write_text("")
+    with pytest.raises(ValueError, match="is no tuning.csv"):
+        run_tuning(config, tmp_path)
 
 
 def test_the_registry_defaults_are_the_recorded_tuning_winners():
