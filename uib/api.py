@@ -10,7 +10,13 @@ from pydantic import BaseModel
 from torch import nn
 
 from uib import methods
-from uib.device import Precision, peak_memory_mb, reset_peak_memory, select_device
+from uib.device import (
+    Precision,
+    flushed_denormals,
+    peak_memory_mb,
+    reset_peak_memory,
+    select_device,
+)
 from uib.models import set_training, spec_of
 from uib.samples import DataError, Samples
 from uib.train import TrainConfig, to_tensors
@@ -150,7 +156,8 @@ def unlearn(
     torch.manual_seed(seed)
     reset_peak_memory(device)
     start = time.perf_counter()
-    result = entry.run(work, ctx, cfg)
+    with flushed_denormals(device):
+        result = entry.run(work, ctx, cfg)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start

@@ -40,14 +40,15 @@ def gradient_speed(
     device: str = "auto",
     repeats: int = 3,
     seed: int = 0,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
 ) -> pd.DataFrame:
     """ms per sample to get the diagonal Fisher and the gradient sum (what UIB needs of the
     per-sample gradients) by an autograd loop, by `torch.func` vmap and by the factored path, at
-    each chunk size (best of `repeats`)."""
+    each chunk size (best of `repeats`), for rows of `image_shape` (MNIST's by default)."""
     device = select_device(device)
     torch.manual_seed(seed)
-    model = build_model(arch, (1, 28, 28), 10).to(device)
-    x = torch.randn(rows, 1, 28, 28, device=device)
+    model = build_model(arch, image_shape, 10).to(device)
+    x = torch.randn(rows, *image_shape, device=device)
     y = torch.randint(0, 10, (rows,), device=device)
 
     def best(fn) -> float:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from uib.device import Precision, autocast, select_device
+from uib.device import Precision, autocast, flushed_denormals, select_device
 from uib.models import set_training, spec_of
 from uib.samples import DataError, Samples
 
@@ -155,18 +155,19 @@ def train_model(
     x, y = to_tensors(data, device)
     optimizer = config.make_optimizer(model.parameters())
     start = time.perf_counter()
-    losses = fit(
-        model,
-        x,
-        y,
-        config.epochs,
-        optimizer,
-        config.batch_size,
-        config.seed,
-        progress=progress,
-        precision=config.precision,
-        augment=config.augment,
-    )
+    with flushed_denormals(device):
+        losses = fit(
+            model,
+            x,
+            y,
+            config.epochs,
+            optimizer,
+            config.batch_size,
+            config.seed,
+            progress=progress,
+            precision=config.precision,
+            augment=config.augment,
+        )
     return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
 
 

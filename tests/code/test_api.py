@@ -89,6 +89,33 @@ def test_the_report_says_in_one_line_how_the_forget_set_was_treated(model):
     )
 
 
+def test_every_method_runs_with_denormals_flushed_on_cpu(model):
+    """Retrain and every method alike (so `time_ratio` stays fair); the caller's setting back."""
+    from uib.methods.base import REGISTRY, MethodConfig, register
+
+    seen = []
+
+    def probe(m, ctx, config):
+        seen.append(torch.tensor([1e-40]).mul(1.0).item())
+        return m
+
+    register("denormal-probe", MethodConfig)(probe)
+    try:
+        data = toy(40)
+        uib.unlearn(
+            model,
+            data.take(np.arange(4)),
+            data.take(np.arange(4, 40)),
+            "denormal-probe",
+            device="cpu",
+            progress=False,
+        )
+    finally:
+        del REGISTRY["denormal-probe"]
+    assert seen == [0.0]
+    assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
+
+
 def test_unknown_method_is_named(model):
     retain, forget = toy().split_off(["s-0001"])
     with pytest.raises(ValueError, match="unknown unlearning method 'forget-it'.*uib"):

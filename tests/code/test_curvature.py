@@ -189,6 +189,32 @@ def test_batchnorm_layers_take_the_factored_path_with_the_vmap_statistics():
     assert_same_statistics(model, factored, by_vmap)
 
 
+def test_convolutions_with_few_positions_sum_squares_over_position_pairs_to_the_same_fisher():
+    """Convolutions with at most `PAIRED_POSITIONS` output positions (a ResNet's last stages on
+    small images) never form their per-sample gradients; those with more do. Both give vmap's."""
+    from uib.curvature import PAIRED_POSITIONS, factored_chunks, factored_layers
+
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),  # 6×6: 36 positions, formed
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, stride=3),  # 2×2: 4 positions, paired
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 2),  # 1×1: 1 position, paired
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
+    x, y = torch.randn(11, 2, 6, 6), torch.randint(0, 3, (11,))
+    chunk = next(factored_chunks(model, factored_layers(model), x, y, chunk_size=11))
+    assert PAIRED_POSITIONS >= 4
+    assert chunk["0.weight"][1] is None
+    assert [tuple(chunk[k][0].shape) for k in ("2.weight", "4.weight")] == [(11, 4, 4), (11, 1, 5)]
+    weights = torch.rand(11, generator=torch.Generator().manual_seed(8))
+    by_vmap = gradient_stats(model, x, y, 4, weights, path="vmap")
+    factored = gradient_stats(model, x, y, 5, weights, path="factored")
+    assert_same_statistics(model, factored, by_vmap)
+
+
 def test_models_the_factored_path_cannot_take_go_through_vmap():
     import pytest
 

@@ -72,3 +72,24 @@ def test_device_selection_uses_cuda_only_when_present():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     with autocast(torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def denormals_flushed() -> bool:
+    return torch.tensor([1e-40]).mul(1.0).item() == 0.0
+
+
+def test_cpu_work_flushes_denormals_and_restores_the_callers_setting():
+    from uib.device import flushed_denormals
+
+    cpu = torch.device("cpu")
+    assert not denormals_flushed()
+    with flushed_denormals(cpu):
+        assert denormals_flushed()
+    assert not denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        with flushed_denormals(cpu):
+            assert denormals_flushed()
+        assert denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
