@@ -193,12 +193,13 @@ class StatsAccumulator:
                     w = weights.to(dtype).view(-1, *[1] * (g2.dim() - 1))
                     self.weighted[name] += (w * g2).sum(0)
             else:
+                a = a.to(dtype)
                 if g.dim() == 2:
                     g, a = g.unsqueeze(1), a.unsqueeze(1)
-                g2, a2 = pair_products(g), pair_products(a.to(dtype))
+                g2, a2 = pair_products(g), pair_products(a)
                 shape = self.sums[name].shape
                 self.squares[name] += (g2.flatten(0, 1).T @ a2.flatten(0, 1)).view(shape)
-                self.sums[name] += (g.flatten(0, 1).T @ a.to(dtype).flatten(0, 1)).view(shape)
+                self.sums[name] += (g.flatten(0, 1).T @ a.flatten(0, 1)).view(shape)
                 if self.weighted is not None:
                     w = weights.to(dtype).view(-1, 1, 1)
                     self.weighted[name] += ((w * g2).flatten(0, 1).T @ a2.flatten(0, 1)).view(shape)

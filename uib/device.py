@@ -38,6 +38,11 @@ def autocast(
     return torch.autocast(device.type, dtype=dtype)
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU arithmetic reads denormal floats as 0."""
+    return torch.tensor([1e-40]).mul(1.0).item() == 0.0
+
+
 @contextlib.contextmanager
 def flushed_denormals(device: torch.device):
     """On CPU, read denormal floats (below 1.2e-38) as 0 while the block runs, then restore.
@@ -50,7 +55,7 @@ def flushed_denormals(device: torch.device):
     if device.type != "cpu":
         yield
         return
-    was = bool(torch.tensor([1e-40]).mul(1.0).item() == 0.0)
+    was = denormals_flushed()
     torch.set_flush_denormal(True)
     try:
         yield

@@ -74,12 +74,8 @@ def test_device_selection_uses_cuda_only_when_present():
         assert not torch.is_autocast_enabled("cpu")
 
 
-def denormals_flushed() -> bool:
-    return torch.tensor([1e-40]).mul(1.0).item() == 0.0
-
-
 def test_cpu_work_flushes_denormals_and_restores_the_callers_setting():
-    from uib.device import flushed_denormals
+    from uib.device import denormals_flushed, flushed_denormals
 
     cpu = torch.device("cpu")
     assert not denormals_flushed()
