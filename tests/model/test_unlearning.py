@@ -85,12 +85,13 @@ def test_the_faulty_slice_is_separable_so_uib_takes_an_if_step(patch_bias_runs):
 def test_the_reset_and_the_hold_each_go_to_their_kind_of_slice_only(digits):
     """A faulty source (labels wrong for what the rows look like) is reset and not held; a
     fogged slice of real digits keeps its labels' look but is read off its retained neighbours
-    far less often than held-out rows: held, not reset; a spattered slice, read nearly like
-    held-out rows, is neither; a random slice forced into a step is never systematic, and
-    is neither either."""
+    far less often than held-out rows: held, not reset; a whole class removed has no retained
+    neighbour of its label and is held; a spattered slice, read nearly like held-out rows, is
+    neither; a random slice forced into a step is never systematic, and is neither either."""
     cases = (
         ("patch-bias", "fog", "reset", None),
         ("corruption", "fog", "hold", None),
+        ("class", "fog", "hold", None),
         ("corruption", "spatter", "neither", None),
         ("random", "fog", "neither", 1e-3),
     )
@@ -117,6 +118,9 @@ def test_the_reset_and_the_hold_each_go_to_their_kind_of_slice_only(digits):
             assert notes["eta"] == eta and "label_agreement" not in notes, notes
             continue
         assert notes["regime"]["kind"] == "systematic", (case, notes)
+        if scenario_name == "class":
+            assert notes["label_agreement"] is None, notes
+            continue
         agreement = notes["label_agreement"]
         share = agreement["forget"] / agreement["held_out"]
         assert agreement["held_out"] > 0.9, agreement

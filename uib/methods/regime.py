@@ -80,12 +80,17 @@ def class_matched_mean(values: torch.Tensor, labels: torch.Tensor, like: torch.T
     return total / weight if weight else float("nan")
 
 
+def removed_labels(ctx: UnlearnContext) -> list[int]:
+    """The labels of the forget set that no retained sample carries: a whole class removed."""
+    return sorted(set(ctx.forget_y.unique().tolist()) - set(ctx.retain_y.unique().tolist()))
+
+
 def regime_without_curvature(ctx: UnlearnContext, config: CurvatureConfig) -> Regime | None:
     """The regime where no cross-fit is needed: set in the config, a label taken out of the
     retain set (systematic), or fewer than `min_pattern_size` samples (scattered)."""
     if config.regime != "auto":
         return Regime(kind=config.regime, reason="set in the method's config")
-    gone = sorted(set(ctx.forget_y.unique().tolist()) - set(ctx.retain_y.unique().tolist()))
+    gone = removed_labels(ctx)
     if gone:
         return Regime(kind="systematic", reason=f"removes every training sample of labels {gone}")
     if ctx.n_forget < config.min_pattern_size:
